@@ -1,0 +1,47 @@
+"""labkit: real servers, real networks and their faults, inside a notebook.
+
+    >>> import labkit
+    >>> hello = labkit.serve(app, name="hello")       # doctest: +SKIP
+    >>> alice = labkit.Client("alice")                # doctest: +SKIP
+    >>> link = labkit.Link(hello, latency_ms=50)      # doctest: +SKIP
+
+The core (servers, links, the trace, the client) loads at once; pictures and
+widgets load on first use, so ``import labkit`` stays fast and works headless.
+"""
+
+import logging as _logging
+
+from .client import Client as Client
+from .errors import LabkitError as LabkitError, LinkError as LinkError, ServerError as ServerError
+from .net import Link as Link, Network as Network
+from .server import Server as Server, running as running, serve as serve, stop_all as stop_all
+from .trace import Trace as Trace, default as trace
+
+# Silent unless asked: diagnostics go to the "labkit" logger, never to a cell.
+_logging.getLogger("labkit").addHandler(_logging.NullHandler())
+
+_LAZY = {
+    "plots": ("labkit.plots", None),
+    "widgets": ("labkit.widgets", None),
+    "sequence": ("labkit.plots", "sequence"),
+    "control_panel": ("labkit.widgets", "control_panel"),
+    "live_sequence": ("labkit.widgets", "live_sequence"),
+    "progress": ("labkit.widgets", "progress"),
+    "check": ("labkit.grading.check", "check"),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,73 @@
+"""Command line: ``python -m labkit doctor|serve|release|bench``.
+
+    python -m labkit doctor                  check that servers, links and the trace work here
+    python -m labkit serve chat --port 5001  run a reference service as its own process
+    python -m labkit release                 write notebooks/ (student edition) from solutions/
+    python -m labkit bench --json FILE       measure labkit against its baselines
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def doctor(args) -> int:
+    """Serve, call directly and through a faulty link, and report what happened."""
+    import platform
+
+    import labkit
+    from labkit.apps import create
+
+    print(f"Python {platform.python_version()} on {platform.system()}")
+    log = labkit.Trace()
+    with labkit.serve(create("hello"), name="doctor-hello", trace=log) as hello, \
+            labkit.Link(hello, latency_ms=20, trace=log) as link, \
+            labkit.Client("doctor", trace=log) as client:
+        print("direct call:", client.get(hello.url + "/hello").json()["message"])
+        print("through a link with 20 ms latency:", client.get(link.url + "/hello").status_code)
+        link.down = True
+        try:
+            client.get(link.url + "/hello")
+        except labkit.client.requests.ConnectionError as exc:
+            print("link down:", labkit.client.describe(exc))
+    print(f"{len(log)} events traced; everything works.")
+    return 0
+
+
+def serve_cmd(args) -> int:
+    """Run one reference service in the foreground until Ctrl-C."""
+    from werkzeug.serving import run_simple
+
+    from labkit.apps import create
+
+    app = create(args.service)
+    print(f"serving {args.service} on http://{args.host}:{args.port} (Ctrl-C stops)")
+    run_simple(args.host, args.port, app, threaded=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labkit", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("doctor", help="check that labkit works on this machine").set_defaults(run=doctor)
+
+    serve = commands.add_parser("serve", help="run a reference service as its own process")
+    serve.add_argument("service", help="which service (hello, shop, chat, ...)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.set_defaults(run=serve_cmd)
+
+    from labkit.grading import release
+    release.add_parser(commands)
+
+    from labkit import bench
+    bench.add_parser(commands)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Run a WSGI app (a Flask app) on 127.0.0.1 in a background thread.
+
+    >>> from flask import Flask
+    >>> app = Flask("hello")
+    >>> with serve(app, name="hello") as hello:
+    ...     hello.url.startswith("http://127.0.0.1:")
+    True
+
+The system picks the port, requests are served concurrently (a thread each),
+nothing is printed (requests go to the trace, errors to the ``labkit`` logger),
+and every server still running is stopped at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import io
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+
+from . import trace as _trace
+from .errors import ServerError
+
+log = logging.getLogger("labkit")
+
+_registry: dict[str, "Server"] = {}
+_registry_lock = threading.Lock()
+
+
+class _LogStream(io.TextIOBase):
+    """A ``wsgi.errors`` stream that writes to the labkit logger, never to a cell."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.error(text.rstrip())
+        return len(text)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """werkzeug's handler without the request log on stderr."""
+
+    def make_environ(self):
+        environ = super().make_environ()
+        environ["wsgi.errors"] = _LogStream()
+        return environ
+
+    def log(self, type: str, message: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), message % args)
+
+    def log_request(self, code="-", size="-") -> None:
+        pass
+
+
+class _Server(ThreadedWSGIServer):
+    """werkzeug's threaded server that knows its open connections, so stop can close them."""
+
+    daemon_threads = True
+
+    def __init__(self, app):
+        super().__init__("127.0.0.1", 0, app, handler=_QuietHandler)
+        self.connections: set[socket.socket] = set()
+        self.workers: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def process_request(self, request, client_address):
+        worker = threading.Thread(
+            target=self._work, args=(request, client_address), daemon=True,
+            name=f"labkit-request-{client_address[1]}",
+        )
+        with self._lock:
+            self.connections.add(request)
+            self.workers.add(worker)
+        worker.start()
+
+    def _work(self, request, client_address):
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self.connections.discard(request)
+                self.workers.discard(threading.current_thread())
+
+    def handle_error(self, request, client_address):
+        log.debug("error while serving %s", client_address, exc_info=True)
+
+    def log(self, type: str, message: str, *args) -> None:
+        log.error(message, *args)
+
+    def close_connections(self, timeout: float) -> None:
+        """Shut every open connection down and wait for its worker to finish."""
+        with self._lock:
+            connections, workers = list(self.connections), list(self.workers)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+
+def _traced(app, name: str, log_to: _trace.Trace):
+    """Wrap a WSGI app so each request it serves is recorded in the trace."""
+
+    def traced_app(environ, start_response):
+        caller = environ.get("HTTP_LABKIT_CALLER") or "client"
+        trace_id, parent = _trace.parse_traceparent(environ.get("HTTP_TRACEPARENT"))
+        fields = dict(
+            method=environ.get("REQUEST_METHOD", ""),
+            path=environ.get("PATH_INFO", ""),
+            trace_id=trace_id,
+            span_id=parent,
+        )
+        log_to.record("receive", caller, name, **fields)
+        status = []
+
+        def recording_start_response(status_line, headers, exc_info=None):
+            status[:] = [int(status_line.split(" ", 1)[0])]
+            return start_response(status_line, headers, exc_info)
+
+        token = _trace._context.set((trace_id, parent) if trace_id else None)
+        try:
+            return list(app(environ, recording_start_response))
+        finally:
+            _trace._context.reset(token)
+            log_to.record("reply", name, caller, status=status[0] if status else 500, **fields)
+
+    return traced_app
+
+
+class Server:
+    """A running server: ``url``, ``name``, ``stop()``; a context manager.
+
+    Make one with :func:`serve`.
+    """
+
+    def __init__(self, app, name: str, trace: _trace.Trace):
+        self.name = name
+        self.trace = trace
+        self._httpd = _Server(_traced(app, name, trace))
+        self.port = self._httpd.server_port
+        self._url = f"http://127.0.0.1:{self.port}"
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"labkit-server-{name}", daemon=True)
+        self.running = True
+
+    def _run(self) -> None:
+        httpd = self._httpd
+        with selectors.DefaultSelector() as selector:
+            selector.register(httpd.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            self._ready.set()
+            while self.running:
+                for key, _ in selector.select():
+                    if key.fileobj is httpd.socket and self.running:
+                        httpd._handle_request_noblock()
+
+    def _start(self) -> "Server":
+        self._thread.start()
+        self._ready.wait()
+        _trace.register_name(("127.0.0.1", self.port), self.name)
+        return self
+
+    @property
+    def url(self) -> str:
+        """The base URL, such as http://127.0.0.1:PORT; ServerError once stopped."""
+        self._check_running()
+        return self._url
+
+    @property
+    def browser_url(self) -> str:
+        """A URL that opens this service in the student's browser.
+
+        On Binder (or any JupyterHub) the browser cannot reach 127.0.0.1 inside the
+        container, so the URL goes through jupyter-server-proxy; locally it is ``url``.
+        """
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+        if prefix:
+            self._check_running()
+            return f"{prefix.rstrip('/')}/proxy/{self.port}/"
+        return self.url + "/"
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop accepting, close open connections, and wait for the threads to end.
+
+        Stopping a stopped server does nothing.
+        """
+        if not self.running:
+            return
+        self.running = False
+        self._wake_w.send(b"x")
+        self._thread.join(timeout)
+        self._httpd.server_close()
+        self._httpd.close_connections(timeout)
+        self._wake_r.close()
+        self._wake_w.close()
+        _trace.forget_name(("127.0.0.1", self.port))
+        with _registry_lock:
+            if _registry.get(self.name) is self:
+                del _registry[self.name]
+
+    def _check_running(self) -> None:
+        if not self.running:
+            raise ServerError(f"server {self.name!r} is stopped; start it again with labkit.serve(app, name={self.name!r})")
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Server {self.name!r} {'running' if self.running else 'stopped'}>"
+
+
+def serve(app, name: str | None = None, *, trace: _trace.Trace | None = None) -> Server:
+    """Serve a WSGI app on 127.0.0.1 at a port the system picks; return once it accepts.
+
+    ``name`` labels the server on sequence diagrams and must be unique among the
+    running servers (default: the app's ``name`` or "server").
+    """
+    _check_wsgi(app)
+    name = name if name is not None else getattr(app, "name", None) or "server"
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a server's name must be a non-empty string, not {name!r}")
+    with _registry_lock:
+        if name in _registry:
+            raise ServerError(
+                f"a server named {name!r} is already running; stop it first "
+                f"(labkit.running()[{name!r}].stop()) or pick another name"
+            )
+        server = Server(app, name, trace or _trace.default)
+        _registry[name] = server
+    try:
+        return server._start()
+    except BaseException:
+        server.stop()
+        raise
+
+
+def _check_wsgi(app) -> None:
+    """Raise TypeError unless ``app`` can be called as app(environ, start_response)."""
+    problem = ""
+    if isinstance(app, type):
+        problem = f"the class {app.__name__}; pass an instance, such as {app.__name__}(__name__)"
+    elif not callable(app):
+        problem = f"{type(app).__name__} {app!r}, which is not callable"
+    else:
+        try:
+            inspect.signature(app).bind({}, None)
+        except TypeError:
+            problem = f"{app!r}, which cannot be called as app(environ, start_response)"
+        except ValueError:  # some builtins have no signature; let them through
+            pass
+    if problem:
+        raise TypeError(f"serve() needs a WSGI app such as a Flask app, not {problem}")
+
+
+def running() -> dict[str, Server]:
+    """The servers that are running now, by name."""
+    with _registry_lock:
+        return dict(_registry)
+
+
+def stop_all() -> int:
+    """Stop every running server; return how many were stopped."""
+    servers = list(running().values())
+    for server in servers:
+        server.stop()
+    return len(servers)
+
+
+atexit.register(stop_all)
