@@ -63,7 +63,7 @@ class Client:
         self.name = name
         self.timeout = timeout
         self.base_url = base_url
-        self.trace = trace or _trace.default
+        self.trace = _trace.default if trace is None else trace
         # One session per client keeps connections alive between calls; closing
         # the client closes them (see close()), so no socket outlives it.
         self._session = requests.Session()

@@ -33,11 +33,15 @@ while any link is open.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import math
+import numbers
 import random
 import re
 import socket
 import struct
+import sys
 import threading
 from urllib.parse import urlsplit
 
@@ -74,6 +78,9 @@ class _LoopThread:
         try:
             self.loop.run_forever()
         finally:
+            # A name lookup (a target given as "localhost") runs in the loop's
+            # default executor: end its thread too, or every link cycle leaks one.
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
             self.loop.close()
 
     def release(self) -> None:
@@ -107,8 +114,8 @@ def _pair(name: str, value, *, probability: bool) -> tuple[float, float]:
 
 
 def _number(name: str, value, *, probability: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ValueError(f"{name} must be a number, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
     if probability and not 0 <= value <= 1:
         raise ValueError(f"{name} is a probability between 0 and 1, not {value!r}")
     if not probability and value < 0:
@@ -162,7 +169,9 @@ class _Side(asyncio.Protocol):
         self.pipe.close()
 
     def pause_writing(self):
-        self.pipe.other(self).transport.pause_reading()
+        other = self.pipe.other(self)
+        if other.transport is not None and not other.transport.is_closing():
+            other.transport.pause_reading()
 
     def resume_writing(self):
         other = self.pipe.other(self)
@@ -170,32 +179,43 @@ class _Side(asyncio.Protocol):
             other.transport.resume_reading()
 
 
+_EOF = None  # queued in place of bytes: the sender has finished
+
+
 class _Pipe:
-    """One caller connection proxied to the service, with the link's faults applied."""
+    """One caller connection proxied to the service, with the link's faults applied.
+
+    What each side sends waits in a first-in, first-out queue per direction until
+    its time comes, so a message never overtakes an earlier one (as on TCP), and
+    the end of the stream (EOF) follows the last byte. The pipe closes once both
+    directions have ended, or when either side goes away.
+    """
 
     def __init__(self, link: "Link"):
         self.link = link
         self.caller = _Side(self, REQUEST)
         self.service = _Side(self, RESPONSE)
-        self.pending: list[bytes] = []  # request bytes that arrived before the service connection
+        self.queues = (collections.deque(), collections.deque())  # (due time, bytes or _EOF)
+        self.timers: list[asyncio.TimerHandle | None] = [None, None]
+        self.ended = [False, False]     # EOF passed on, per direction
         self.turn: int | None = None    # direction of the message in flight
         self.delay = 0.0                # seconds the message in flight waits
-        self.due = [0.0, 0.0]           # loop time the last scheduled chunk leaves, per direction
         self.lost = False               # a message was lost: the connection carries nothing more
         self.closed = False
+        self.connecting: asyncio.Task | None = None
         self.caller_name, self.trace_id = "client", ""
 
     def other(self, side: _Side) -> _Side:
         return self.service if side is self.caller else self.caller
 
     def connected(self, side: _Side) -> None:
-        if side is self.caller:
+        if self.closed:  # the caller left (or the link closed) while connecting
+            side.transport.close()
+        elif side is self.caller:
             self.link._pipes.add(self)
-            asyncio.get_running_loop().create_task(self._connect())
+            self.connecting = asyncio.get_running_loop().create_task(self._connect())
         else:
-            for data in self.pending:
-                side.transport.write(data)
-            self.pending.clear()
+            self._flush(REQUEST)  # what the caller sent meanwhile
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -211,12 +231,7 @@ class _Pipe:
             self.turn = direction
             if not self._begin_message(direction, data):
                 return
-        loop = asyncio.get_running_loop()
-        if self.delay == 0 and self.due[direction] <= loop.time():
-            self._deliver(direction, data)
-        else:
-            self.due[direction] = max(loop.time() + self.delay, self.due[direction])
-            loop.call_at(self.due[direction], self._deliver, direction, data)
+        self._queue(direction, data)
 
     def _begin_message(self, direction: int, data: bytes) -> bool:
         """Decide the fate of a new message; False if it is lost."""
@@ -248,23 +263,52 @@ class _Pipe:
         self.link.trace.record(kind, *ends, trace_id=self.trace_id)
         self.lost = True
 
-    def _deliver(self, direction: int, data: bytes) -> None:
+    def _queue(self, direction: int, item) -> None:
+        """Send ``item`` on after the current message's delay, behind what is already queued."""
+        due = asyncio.get_running_loop().time() + self.delay
+        self.queues[direction].append((due, item))
+        if self.timers[direction] is None:
+            self._flush(direction)
+
+    def _flush(self, direction: int) -> None:
+        """Pass on every queued item whose time has come; wait for the next one."""
+        timer, self.timers[direction] = self.timers[direction], None
+        if timer is not None:
+            timer.cancel()  # one waiting timer per direction at most
         if self.closed or self.lost:
             return
         side = self.service if direction == REQUEST else self.caller
         if side.transport is None:
-            self.pending.append(data)
-        else:
-            side.transport.write(data)
+            return  # not connected yet: connected() flushes
+        loop = asyncio.get_running_loop()
+        queue, now = self.queues[direction], loop.time()
+        while queue and queue[0][0] <= now:
+            _, item = queue.popleft()
+            if item is _EOF:
+                self._end(direction, side)
+                return
+            side.transport.write(item)
+        if queue:
+            self.timers[direction] = loop.call_at(queue[0][0], self._flush, direction)
 
     def eof(self, direction: int) -> None:
-        side = self.service if direction == REQUEST else self.caller
-        loop = asyncio.get_running_loop()
-        loop.call_at(max(self.due[direction], loop.time()), self._write_eof, side)
+        """The side that sends ``direction`` has finished sending."""
+        if self.closed:
+            return
+        if self.lost:
+            # Nothing more reaches the other side, not even the end of the stream:
+            # a caller waits for its timeout. Once the caller gives up, we are done.
+            if direction == REQUEST:
+                self.close()
+            return
+        self._queue(direction, _EOF)
 
-    def _write_eof(self, side: _Side) -> None:
-        if side.transport is not None and not side.transport.is_closing() and side.transport.can_write_eof():
+    def _end(self, direction: int, side: _Side) -> None:
+        if side.transport.can_write_eof():
             side.transport.write_eof()
+        self.ended[direction] = True
+        if all(self.ended):
+            self.close()
 
     def abort(self) -> None:
         """Reset both connections (an RST, not a polite close)."""
@@ -281,6 +325,13 @@ class _Pipe:
             return
         self.closed = True
         self.link._pipes.discard(self)
+        if self.connecting is not None and not self.connecting.done():
+            self.connecting.cancel()
+        for timer in self.timers:
+            if timer is not None:
+                timer.cancel()
+        for queue in self.queues:
+            queue.clear()
         for side in (self.caller, self.service):
             if side.transport is not None:
                 side.transport.close()
@@ -314,9 +365,10 @@ class Link:
         self.target = _address(target)
         self.dst = _trace.name_for(*self.target)
         self.src = _src
-        self.trace = trace or _trace.default
+        self.trace = _trace.default if trace is None else trace
         self._settings = _validated(Settings(), settings)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()       # guards the settings and the random numbers
+        self._changing = threading.Lock()   # one change of state (up, down, closed) at a time
         self._rng = random.Random(seed)
         self._pipes: set[_Pipe] = set()
         self.cut = False  # set by a Network partition
@@ -326,6 +378,8 @@ class Link:
         try:
             self.port = 0
             self._listen()
+            if self._settings.down:  # keep the port number, but refuse callers from the start
+                self._loop_thread_run(self._go_down())
         except BaseException:
             self.closed = True
             _loop_thread.release()
@@ -337,12 +391,20 @@ class Link:
 
     def configure(self, **settings) -> None:
         """Change several settings at once; all or none are applied."""
-        self._check_open()
-        with self._lock:
-            new = _validated(self._settings, settings)
-            was_down, self._settings = self._settings.down, new
-        if new.down != was_down:
-            self._loop_thread_run(self._go_down() if new.down else self._go_up())
+        with self._changing:
+            self._check_open()
+            with self._lock:
+                old = self._settings
+                new = self._settings = _validated(old, settings)
+            if new.down == old.down:
+                return
+            try:
+                self._loop_thread_run(self._go_down() if new.down else self._go_up())
+            except OSError as exc:
+                with self._lock:
+                    self._settings = dataclasses.replace(self._settings, down=old.down)
+                raise LinkError(f"the link cannot listen on 127.0.0.1:{self.port} again "
+                                f"({exc.strerror}); make a new Link") from exc
 
     @property
     def settings(self) -> Settings:
@@ -402,20 +464,29 @@ class Link:
 
     def close(self) -> None:
         """Close the port and every connection through it. Closing twice does nothing."""
-        if self.closed:
-            return
-        self.closed = True
+        with self._changing:
+            if self.closed:
+                return
+            self.closed = True
+            try:
+                self._loop_thread_run(self._shut())
+            finally:
+                _trace.forget_name(("127.0.0.1", self.port))
+                _loop_thread.release()
 
-        async def shut():
-            self._listener.close()
-            for pipe in list(self._pipes):
-                pipe.close()
-            await self._listener.wait_closed()
-            await asyncio.sleep(0)  # let the transports finish closing
-
-        self._loop_thread_run(shut())
-        _trace.forget_name(("127.0.0.1", self.port))
-        _loop_thread.release()
+    async def _shut(self) -> None:
+        self._listener.close()
+        pipes = list(self._pipes)
+        for pipe in pipes:
+            pipe.close()
+        try:
+            # Python 3.12+ waits here for every accepted connection to finish closing;
+            # one whose peer reads nothing could keep it waiting forever.
+            await asyncio.wait_for(self._listener.wait_closed(), 1.0)
+        except asyncio.TimeoutError:
+            for pipe in pipes:
+                pipe.abort()
+        await asyncio.sleep(0)  # let the transports finish closing
 
     def __enter__(self) -> "Link":
         return self
@@ -424,11 +495,16 @@ class Link:
         self.close()
 
     def __del__(self):
-        if not getattr(self, "closed", True):
-            try:
-                self.close()
-            except Exception:
-                pass
+        # A forgotten link closes itself, but never here: close() waits for the
+        # loop's thread and takes locks this thread may hold (the collector runs
+        # anywhere), and at interpreter exit that thread is frozen. A thread of
+        # its own does it instead.
+        if getattr(self, "closed", True) or sys.is_finalizing():
+            return
+        try:
+            threading.Thread(target=self.close, name="labkit-link-close", daemon=True).start()
+        except RuntimeError:  # no new threads at interpreter exit
+            pass
 
     def __repr__(self) -> str:
         s = self._settings
@@ -451,7 +527,7 @@ class Network:
 
     def __init__(self, *, seed: int = 0, trace: _trace.Trace | None = None):
         self.seed = seed
-        self.trace = trace or _trace.default
+        self.trace = _trace.default if trace is None else trace
         self.links: dict[tuple[str, str], Link] = {}
         self._groups: list[set[str]] = []
 

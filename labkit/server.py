@@ -52,7 +52,7 @@ class _QuietHandler(WSGIRequestHandler):
         return environ
 
     def log(self, type: str, message: str, *args) -> None:
-        log.debug("%s %s", self.address_string(), message % args)
+        log.debug("%s %s", self.address_string(), message % args if args else message)
 
     def log_request(self, code="-", size="-") -> None:
         pass
@@ -104,7 +104,8 @@ class _Server(ThreadedWSGIServer):
                 pass
         deadline = time.monotonic() + timeout
         for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker is not threading.current_thread():  # a handler may stop its own server
+                worker.join(max(0.0, deadline - time.monotonic()))
 
 
 def _traced(app, name: str, log_to: _trace.Trace):
@@ -127,10 +128,16 @@ def _traced(app, name: str, log_to: _trace.Trace):
             return start_response(status_line, headers, exc_info)
 
         token = _trace._context.set((trace_id, parent) if trace_id else None)
+        body = None
         try:
-            return list(app(environ, recording_start_response))
+            body = app(environ, recording_start_response)
+            return list(body)
         finally:
-            _trace._context.reset(token)
+            try:
+                if hasattr(body, "close"):  # PEP 3333: the server must close what the app returned
+                    body.close()
+            finally:
+                _trace._context.reset(token)
             log_to.record("reply", name, caller, status=status[0] if status else 500, **fields)
 
     return traced_app
@@ -151,6 +158,7 @@ class Server:
         self._wake_r, self._wake_w = socket.socketpair()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"labkit-server-{name}", daemon=True)
+        self._stopping = threading.Lock()
         self.running = True
 
     def _run(self) -> None:
@@ -194,11 +202,16 @@ class Server:
 
         Stopping a stopped server does nothing.
         """
-        if not self.running:
-            return
-        self.running = False
+        with self._stopping:
+            if not self.running:
+                return
+            self.running = False
+            self._stop(timeout)
+
+    def _stop(self, timeout: float) -> None:
         self._wake_w.send(b"x")
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # it started
+            self._thread.join(timeout)
         self._httpd.server_close()
         self._httpd.close_connections(timeout)
         self._wake_r.close()
@@ -238,7 +251,7 @@ def serve(app, name: str | None = None, *, trace: _trace.Trace | None = None) ->
                 f"a server named {name!r} is already running; stop it first "
                 f"(labkit.running()[{name!r}].stop()) or pick another name"
             )
-        server = Server(app, name, trace or _trace.default)
+        server = Server(app, name, _trace.default if trace is None else trace)
         _registry[name] = server
     try:
         return server._start()

@@ -11,6 +11,7 @@ SERVICES = {
     "hello": "labkit.apps.hello",
     "shop": "labkit.apps.shop",
     "chat": "labkit.apps.chat",
+    "weather": "labkit.apps.weather",
 }
 
 

@@ -1,0 +1,690 @@
+"""Benchmark: how labkit compares with what a student would otherwise use.
+
+    python -m labkit bench                      the full run (about two minutes)
+    python -m labkit bench --quick              fewer repeats (about half a minute)
+    python -m labkit bench --only serve_ready_ms,link_overhead_us --json bench.json
+
+Each figure is measured in the same run as its baseline, in alternating rounds
+(labkit, baseline, baseline, labkit, ...) so that a busy machine slows both sides
+alike, and is reported as a median. Every server binds 127.0.0.1 at a port the
+system picks, every server, link, client and thread started here is stopped, and
+nothing is printed but the final table.
+
+The metrics (``METRICS`` lists them with their targets):
+
+speedup_vs_flask_requests  labkit server + Client + trace against Flask's development
+                           server and a plain ``requests.get`` (p50 of a GET)
+ratio_vs_raw_tcp           labkit's GET against a raw TCP echo round trip
+link_overhead_us           what a Link without faults adds to a round trip
+latency_error_p50/p99_ms   how far a 50 ms-each-way Link is from 100 ms extra
+link_throughput_ratio      200 concurrent clients through a Link against direct
+import_ratio               ``import labkit`` against ``import flask, requests``
+serve_ready_ms             labkit.serve(app) until it accepts
+serve_stop_ms              server.stop()
+sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
+kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import logging
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+#: metric -> (target as text, comparison, target value, unit)
+METRICS = {
+    "speedup_vs_flask_requests": (">= 1.5", ">=", 1.5, "x"),
+    "ratio_vs_raw_tcp": ("<= 12", "<=", 12.0, "x"),
+    "link_overhead_us": ("<= 100", "<=", 100.0, "us"),
+    "latency_error_p50_ms": ("<= 2", "<=", 2.0, "ms"),
+    "latency_error_p99_ms": ("<= 5", "<=", 5.0, "ms"),
+    "link_throughput_ratio": (">= 0.8", ">=", 0.8, "x"),
+    "import_ratio": ("<= 1.4", "<=", 1.4, "x"),
+    "serve_ready_ms": ("<= 10", "<=", 10.0, "ms"),
+    "serve_stop_ms": ("<= 60", "<=", 60.0, "ms"),
+    "sequence_2000_s": ("<= 1", "<=", 1.0, "s"),
+    "kernel_rss_mb": ("<= 300", "<=", 300.0, "MB"),
+}
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- small tools --------------------------------------------------------------
+
+class _Plan:
+    """How many repeats: ``quick`` trades precision for time."""
+
+    def __init__(self, quick: bool):
+        self.quick = quick
+
+    def __call__(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+
+def _median(values) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _percentile(values, p: float) -> float:
+    """The p-th percentile (0-100) by linear interpolation between ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _alternate(sides: dict, rounds: int, per_round: int, budget_s: float) -> dict:
+    """Time each side's call ``per_round`` times a round, the sides alternating.
+
+    The order of the sides flips every round, so neither always runs first.
+    Stops early (after at least two rounds) when ``budget_s`` seconds are spent.
+    Returns side -> list of seconds.
+    """
+    names = list(sides)
+    samples = {name: [] for name in names}
+    deadline = time.monotonic() + budget_s
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            call = sides[name]
+            samples[name].extend(_timed(call) for _ in range(per_round))
+        if round_ >= 1 and time.monotonic() > deadline:
+            break
+    return samples
+
+
+def _entry(key: str, value, baseline=None, note: str = "") -> dict:
+    target, op, limit, unit = METRICS[key]
+    measured = isinstance(value, (int, float)) and value == value
+    if measured:
+        met = value >= limit if op == ">=" else value <= limit
+    else:
+        met = False
+    return {
+        "value": round(value, 4) if measured else None,
+        "baseline": round(baseline, 4) if isinstance(baseline, (int, float)) else baseline,
+        "target": target,
+        "met": bool(met),
+        "unit": unit,
+        "note": note,
+    }
+
+
+def _not_measured(key: str, why: str) -> dict:
+    return _entry(key, None, None, f"not measured: {why}")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No warnings and no stray log lines while measuring."""
+    werkzeug_log = logging.getLogger("werkzeug")
+    saved = werkzeug_log.level, list(werkzeug_log.handlers), werkzeug_log.propagate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # werkzeug logs each request at INFO and adds a stderr handler when the
+        # logger has none: a NullHandler takes the records and shows nothing, so
+        # the development server still does its usual work per request.
+        werkzeug_log.handlers[:] = [logging.NullHandler()]
+        werkzeug_log.propagate = False
+        if werkzeug_log.level == logging.NOTSET:
+            werkzeug_log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            werkzeug_log.setLevel(saved[0])
+            werkzeug_log.handlers[:] = saved[1]
+            werkzeug_log.propagate = saved[2]
+
+
+def _hello_app():
+    from labkit.apps import create
+
+    return create("hello")
+
+
+@contextlib.contextmanager
+def _flask_dev_server(app):
+    """Flask's development server as ``flask run`` starts it, in a thread."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="bench-werkzeug", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def _echo_server():
+    """A raw TCP echo server thread and a connected client socket."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    accepted = []
+
+    def run():
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        accepted.append(conn)
+        with conn:
+            while not stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                conn.sendall(data)
+
+    thread = threading.Thread(target=run, name="bench-echo", daemon=True)
+    thread.start()
+    client = socket.create_connection(listener.getsockname())
+    try:
+        yield client
+    finally:
+        stop.set()
+        client.close()
+        listener.close()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+
+
+# -- the measurements ---------------------------------------------------------
+
+def bench_round_trip(plan: _Plan, keys: set) -> dict:
+    """speedup_vs_flask_requests and ratio_vs_raw_tcp, from one alternating run."""
+    import requests
+
+    import labkit
+
+    log = labkit.Trace()
+    message = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(labkit.serve(_hello_app(), name="bench-roundtrip", trace=log))
+        client = stack.enter_context(labkit.Client("bench", trace=log))
+        url = server.url + "/hello"
+        sides = {"labkit": lambda: client.get(url)}
+        if "speedup_vs_flask_requests" in keys:
+            flask_url = stack.enter_context(_flask_dev_server(_hello_app())) + "/hello"
+            sides["flask"] = lambda: requests.get(flask_url)
+        if "ratio_vs_raw_tcp" in keys:
+            echo = stack.enter_context(_echo_server())
+
+            def raw():
+                echo.sendall(message)
+                got = 0
+                while got < len(message):
+                    got += len(echo.recv(65536))
+
+            sides["raw"] = raw
+        for call in sides.values():  # warm up: imports, first connections, caches
+            for _ in range(20):
+                call()
+        samples = _alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(25, 4))
+    p50 = {name: _median(times) for name, times in samples.items()}
+    count = len(samples["labkit"])
+    results = {}
+    if "speedup_vs_flask_requests" in keys:
+        results["speedup_vs_flask_requests"] = _entry(
+            "speedup_vs_flask_requests", p50["flask"] / p50["labkit"], p50["flask"] * 1e6,
+            f"p50 GET /hello: labkit {p50['labkit'] * 1e6:.0f} us (serve + Client + trace, "
+            f"one session) vs {p50['flask'] * 1e6:.0f} us (werkzeug make_server threaded + "
+            f"requests.get, a new connection each); {count} calls a side, alternating; baseline in us")
+    if "ratio_vs_raw_tcp" in keys:
+        results["ratio_vs_raw_tcp"] = _entry(
+            "ratio_vs_raw_tcp", p50["labkit"] / p50["raw"], p50["raw"] * 1e6,
+            f"p50: labkit GET {p50['labkit'] * 1e6:.0f} us vs raw TCP echo of "
+            f"{len(message)} bytes {p50['raw'] * 1e6:.1f} us; {count} calls a side; baseline in us")
+    return results
+
+
+def bench_link(plan: _Plan, keys: set) -> dict:
+    """link_overhead_us and latency_error_p50_ms / _p99_ms."""
+    import labkit
+
+    log = labkit.Trace()
+    results = {}
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(labkit.serve(_hello_app(), name="bench-link", trace=log))
+        client = stack.enter_context(labkit.Client("bench", trace=log))
+        link = stack.enter_context(labkit.Link(server, trace=log))
+        direct_url, link_url = server.url + "/hello", link.url + "/hello"
+        for _ in range(20):
+            client.get(direct_url)
+            client.get(link_url)
+        sides = {"direct": lambda: client.get(direct_url), "link": lambda: client.get(link_url)}
+        if "link_overhead_us" in keys:
+            samples = _alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(20, 4))
+            direct, through = _median(samples["direct"]), _median(samples["link"])
+            results["link_overhead_us"] = _entry(
+                "link_overhead_us", (through - direct) * 1e6, direct * 1e6,
+                f"p50 through a Link {through * 1e6:.0f} us minus direct {direct * 1e6:.0f} us "
+                f"(same client, {len(samples['link'])} calls a side, alternating); baseline = direct p50 in us")
+        if keys & {"latency_error_p50_ms", "latency_error_p99_ms"}:
+            link.latency_ms = 50
+            sides = {"direct": lambda: client.get(direct_url), "link": lambda: client.get(link_url)}
+            client.get(link_url)
+            samples = _alternate(sides, rounds=plan(12, 4), per_round=plan(6, 5), budget_s=plan(15, 4))
+            direct = _median(samples["direct"])
+            errors = [abs(t - direct - 0.100) * 1000 for t in samples["link"]]
+            late = _median([t - direct - 0.100 for t in samples["link"]]) * 1000
+            note = (f"{len(errors)} calls through a Link with latency_ms=50, each against the direct "
+                    f"p50 ({direct * 1e3:.2f} ms) + 100 ms; median signed error {late:+.2f} ms")
+            results["latency_error_p50_ms"] = _entry(
+                "latency_error_p50_ms", _percentile(errors, 50), direct * 1e3, note + "; baseline = direct p50 in ms")
+            results["latency_error_p99_ms"] = _entry(
+                "latency_error_p99_ms", _percentile(errors, 99), direct * 1e3, note + "; baseline = direct p50 in ms")
+    return {key: value for key, value in results.items() if key in keys}
+
+
+def _throughput(url: str, log, clients: int, each: int, limit_s: float) -> tuple[float, int]:
+    """(calls/s, failures, listen overflows, CPU s per call) when ``clients`` threads GET ``url`` ``each`` times."""
+    import labkit
+
+    start = threading.Barrier(clients + 1)
+    done = [0] * clients
+    failed = [0] * clients
+
+    def work(i):
+        with labkit.Client(f"c{i}", trace=log, timeout=(5, 10)) as client:
+            try:  # connect before the clock starts: measure requests, not a connect storm
+                client.get(url)
+            except Exception:
+                pass
+            start.wait()
+            for _ in range(each):
+                try:
+                    client.get(url)
+                    done[i] += 1
+                except Exception:
+                    failed[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"bench-client-{i}", daemon=True)
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    overflows = _listen_overflows()
+    began, cpu = time.perf_counter(), time.process_time()
+    deadline = time.monotonic() + limit_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    return sum(done) / elapsed, sum(failed), _listen_overflows() - overflows, cpu / max(1, sum(done))
+
+
+def _listen_overflows() -> int:
+    """How many connections this machine's listen queues have turned away so far (Linux)."""
+    try:
+        header, values = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()[:2]]
+        return int(dict(zip(header, values))["ListenOverflows"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def bench_throughput(plan: _Plan, keys: set) -> dict:
+    """link_throughput_ratio: 200 concurrent clients through a Link against direct."""
+    import labkit
+
+    log = labkit.Trace()
+    clients, each = 200, plan(5, 2)
+    rates = {"direct": [], "link": []}
+    cpu = {"direct": [], "link": []}
+    failures = overflows = 0
+    with labkit.serve(_hello_app(), name="bench-throughput", trace=log) as server, \
+            labkit.Link(server, trace=log) as link:
+        urls = {"direct": server.url + "/hello", "link": link.url + "/hello"}
+        deadline = time.monotonic() + plan(40, 10)
+        for round_ in range(plan(4, 2)):
+            for side in ("direct", "link") if round_ % 2 == 0 else ("link", "direct"):
+                rate, failed, overflowed, cpu_per_call = _throughput(urls[side], log, clients, each, limit_s=30)
+                rates[side].append(rate)
+                cpu[side].append(cpu_per_call)
+                failures += failed
+                overflows += overflowed
+            if time.monotonic() > deadline:
+                break
+    direct, through = _median(rates["direct"]), _median(rates["link"])
+    return {"link_throughput_ratio": _entry(
+        "link_throughput_ratio", through / direct, direct,
+        f"{clients} threads x {each} GETs, each thread its own Client; through a Link "
+        f"{through:.0f} req/s vs direct {direct:.0f} req/s (medians of {len(rates['link'])} "
+        f"alternating runs; process CPU per call {_median(cpu['link']) * 1e6:.0f} us vs "
+        f"{_median(cpu['direct']) * 1e6:.0f} us; {failures} failed calls; {overflows} connections turned away by a full "
+        f"listen queue while timed, each costing its caller a 1 s SYN retry); every client "
+        f"connects once before the clock starts; clients, link and server share one process "
+        f"and its GIL, so this compares CPU per request and GIL scheduling, not the network; "
+        f"baseline = direct req/s")}
+
+
+_IMPORT_SNIPPET = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+
+
+def bench_import(plan: _Plan, keys: set) -> dict:
+    """import_ratio: a fresh interpreter importing labkit against flask + requests."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+
+    def import_time(modules):
+        out = subprocess.run([sys.executable, "-c", _IMPORT_SNIPPET.format(modules)], env=env,
+                             cwd=str(ROOT), capture_output=True, text=True, timeout=60, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    import_time("labkit"), import_time("flask, requests")  # warm the disk cache and .pyc files
+    times = {"labkit": [], "flask": []}
+    for round_ in range(plan(9, 3)):
+        for side in ("labkit", "flask") if round_ % 2 == 0 else ("flask", "labkit"):
+            times[side].append(import_time("labkit" if side == "labkit" else "flask, requests"))
+    labkit_s, flask_s = _median(times["labkit"]), _median(times["flask"])
+    return {"import_ratio": _entry(
+        "import_ratio", labkit_s / flask_s, flask_s * 1e3,
+        f"median import time in a fresh interpreter: labkit {labkit_s * 1e3:.0f} ms vs flask + requests "
+        f"{flask_s * 1e3:.0f} ms ({len(times['labkit'])} runs each, alternating); baseline in ms")}
+
+
+def bench_serve(plan: _Plan, keys: set) -> dict:
+    """serve_ready_ms and serve_stop_ms, beside werkzeug's make_server + serve_forever."""
+    from werkzeug.serving import make_server
+
+    import labkit
+
+    log = labkit.Trace()
+    app = _hello_app()
+    times = {"ready": [], "stop": [], "wz_ready": [], "wz_stop": []}
+
+    def labkit_cycle():
+        with labkit.Client("bench", trace=log) as client:
+            started = time.perf_counter()
+            server = labkit.serve(app, name="bench-serve", trace=log)
+            times["ready"].append(time.perf_counter() - started)
+            try:
+                client.get(server.url + "/hello")  # the client keeps its connection open
+            finally:
+                times["stop"].append(_timed(server.stop))
+
+    def werkzeug_cycle():
+        started = time.perf_counter()
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        times["wz_ready"].append(time.perf_counter() - started)
+
+        def stop():
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        times["wz_stop"].append(_timed(stop))
+
+    deadline = time.monotonic() + plan(20, 6)
+    for round_ in range(plan(20, 8)):
+        for cycle in (labkit_cycle, werkzeug_cycle) if round_ % 2 == 0 else (werkzeug_cycle, labkit_cycle):
+            cycle()
+        if round_ >= 2 and time.monotonic() > deadline:
+            break
+    n = len(times["ready"])
+    return {
+        "serve_ready_ms": _entry(
+            "serve_ready_ms", _median(times["ready"]) * 1e3, _median(times["wz_ready"]) * 1e3,
+            f"median of {n}: labkit.serve(app) until it returns; baseline = werkzeug make_server "
+            f"+ a serve_forever thread started, in ms"),
+        "serve_stop_ms": _entry(
+            "serve_stop_ms", _median(times["stop"]) * 1e3, _median(times["wz_stop"]) * 1e3,
+            f"median of {n}: server.stop() after one GET from a client that is still open; "
+            f"baseline = werkzeug shutdown() + server_close() + join (poll interval 0.5 s), in ms"),
+    }
+
+
+def _synthetic_trace(events: int):
+    """A trace of ``events`` events: clients calling services, some through faulty links."""
+    import random
+
+    import labkit
+
+    rng = random.Random(7)
+    log = labkit.Trace()
+    clients = ["alice", "bob", "carol"]
+    services = ["shop", "catalogue", "payments"]
+    n = 0
+    while n < events:
+        src, dst = rng.choice(clients), rng.choice(services)
+        trace_id, span_id = f"{n:032x}", f"{n:016x}"
+        fields = dict(method=rng.choice(["GET", "POST"]), path=rng.choice(["/items", "/buy", "/pay"]),
+                      trace_id=trace_id, span_id=span_id)
+        fate = rng.random()
+        log.record("send", src, dst, **fields)
+        if fate < 0.05:
+            log.record("dropped", src, dst, trace_id=trace_id)
+            log.record("error", dst, src, error="timeout", **fields)
+            n += 3
+            continue
+        if fate < 0.2:
+            log.record("delayed", src, dst, trace_id=trace_id, detail="50 ms")
+            n += 1
+        log.record("receive", src, dst, **fields)
+        log.record("reply", dst, src, status=200, **fields)
+        log.record("response", dst, src, status=200, **fields)
+        n += 4
+    return labkit.Trace(log.events()[:events], start=log.start)
+
+
+def bench_sequence(plan: _Plan, keys: set) -> dict:
+    """sequence_2000_s: plots.sequence on 2,000 events, then rendering the figure to PNG."""
+    key = "sequence_2000_s"
+    if not (ROOT / "labkit" / "plots.py").exists():
+        return {key: _not_measured(key, "labkit/plots.py does not exist yet")}
+    started = time.perf_counter()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        from labkit import plots
+    except Exception as exc:  # plots.py is being written: report, do not crash the bench
+        return {key: _not_measured(key, f"labkit.plots does not import ({type(exc).__name__}: {exc})")}
+    import_s = time.perf_counter() - started
+    log = _synthetic_trace(2000)
+
+    def draw():
+        result = plots.sequence(log)
+        figure = result if hasattr(result, "savefig") else getattr(result, "figure", None) or plt.gcf()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        plt.close(figure)
+        return buffer.tell()
+
+    try:
+        size = draw()  # warm up: fonts, caches
+        times = [_timed(draw) for _ in range(plan(3, 1))]
+    except Exception as exc:
+        plt.close("all")
+        return {key: _not_measured(key, f"plots.sequence failed ({type(exc).__name__}: {exc})")}
+    return {key: _entry(
+        key, _median(times), None,
+        f"median of {len(times)}: plots.sequence(trace) with 2,000 synthetic events "
+        f"(3 clients, 3 services, drops and delays) + savefig to PNG ({size // 1024} KiB); "
+        f"importing matplotlib and labkit.plots took {import_s:.2f} s more, not counted")}
+
+
+_FALLBACK_CELLS = [
+    "import labkit\nfrom labkit.apps import create\nlog = labkit.Trace()",
+    "hello = labkit.serve(create('hello'), name='hello', trace=log)\n"
+    "link = labkit.Link(hello, latency_ms=5, trace=log)\n"
+    "alice = labkit.Client('alice', trace=log)",
+    "[alice.get(link.url + '/hello').status_code for _ in range(20)]",
+    "labkit.sequence(log)",
+    "alice.close(); link.close(); hello.stop()",
+]
+
+
+def bench_kernel(plan: _Plan, keys: set) -> dict:
+    """kernel_rss_mb: peak RSS (VmHWM) of a kernel that ran notebook 01."""
+    key = "kernel_rss_mb"
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+    except ImportError as exc:
+        return {key: _not_measured(key, f"nbclient is not installed ({exc})")}
+    path = ROOT / "solutions" / "01_client_server.ipynb"
+    if path.exists():
+        notebook, label = nbformat.read(str(path), as_version=4), "solutions/01_client_server.ipynb"
+        cwd = path.parent
+    else:
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in _FALLBACK_CELLS])
+        label = ("FALLBACK: solutions/01_client_server.ipynb does not exist yet; a small notebook "
+                 "doing serve + link + client + a sequence plot")
+        cwd = ROOT
+        if not (ROOT / "labkit" / "plots.py").exists():
+            notebook.cells = [c for c in notebook.cells if "sequence" not in c.source]
+            label += " (without the plot: labkit/plots.py does not exist yet)"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    client = NotebookClient(notebook, timeout=plan(120, 60), kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(cwd)}})
+    started = time.perf_counter()
+    try:
+        # The kernel's own stdout and stderr (its startup warnings) go nowhere: the
+        # table is the only output. What the cells print arrives through nbclient.
+        with client.setup_kernel(env=env, cwd=str(cwd), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL):
+            for index, cell in enumerate(notebook.cells):
+                client.execute_cell(cell, index)
+            pid = client.km.provisioner.pid
+            status = Path(f"/proc/{pid}/status").read_text()
+    except Exception as exc:
+        return {key: _not_measured(key, f"the kernel did not run the notebook ({type(exc).__name__}: {exc})")}
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    peak_mb = int(fields["VmHWM"].split()[0]) / 1024
+    now_mb = int(fields["VmRSS"].split()[0]) / 1024
+    errors = sum(1 for cell in notebook.cells if cell.cell_type == "code"
+                 for output in cell.get("outputs", []) if output.get("output_type") == "error")
+    return {key: _entry(
+        key, peak_mb, None,
+        f"{label}: VmHWM of the ipykernel process ({sys.executable}) before shutdown; VmRSS then "
+        f"{now_mb:.0f} MB; {errors} cell(s) raised; ran in {time.perf_counter() - started:.1f} s")}
+
+
+#: metric -> the function that measures it (some measure several metrics in one run)
+_BENCHES = {
+    "speedup_vs_flask_requests": bench_round_trip,
+    "ratio_vs_raw_tcp": bench_round_trip,
+    "link_overhead_us": bench_link,
+    "latency_error_p50_ms": bench_link,
+    "latency_error_p99_ms": bench_link,
+    "link_throughput_ratio": bench_throughput,
+    "import_ratio": bench_import,
+    "serve_ready_ms": bench_serve,
+    "serve_stop_ms": bench_serve,
+    "sequence_2000_s": bench_sequence,
+    "kernel_rss_mb": bench_kernel,
+}
+
+
+def run(keys=None, *, quick: bool = False) -> dict:
+    """Measure ``keys`` (default: every metric); return the report as a dict."""
+    keys = list(METRICS) if not keys else list(keys)
+    unknown = [key for key in keys if key not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    plan = _Plan(quick)
+    wanted = set(keys)
+    results: dict[str, dict] = {}
+    started = time.perf_counter()
+    with _quiet():
+        for bench in dict.fromkeys(_BENCHES[key] for key in keys):  # each once, in order
+            mine = wanted & {key for key, b in _BENCHES.items() if b is bench}
+            try:
+                results.update(bench(plan, mine))
+            except Exception as exc:  # one broken measurement must not hide the others
+                for key in mine:
+                    results[key] = _not_measured(key, f"{bench.__name__} failed: {type(exc).__name__}: {exc}")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "quick": quick,
+        "seconds": round(time.perf_counter() - started, 1),
+        **{key: results[key] for key in keys},
+    }
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table(report: dict) -> str:
+    """The report as a plain-text table."""
+    rows = [("metric", "measured", "baseline", "target", "met?")]
+    for key in (key for key in METRICS if key in report):
+        entry = report[key]
+        unit = entry["unit"]
+        measured = "not measured" if entry["value"] is None else f"{_format(entry['value'])} {unit}"
+        met = "yes" if entry["met"] else "NO" if entry["value"] is not None else "-"
+        rows.append((key, measured, _format(entry["baseline"]), f"{entry['target']} {unit}", met))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    machine = report["machine"]
+    lines.append(f"\n{machine['cpu_count']} CPUs, Python {machine['python']}, {report['date']}, "
+                 f"{report['seconds']} s{' (quick)' if report['quick'] else ''}; notes in the JSON")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    keys = [key.strip() for key in (args.only or "").split(",") if key.strip()]
+    try:
+        report = run(keys, quick=args.quick)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def add_parser(commands) -> None:
+    """Add the ``bench`` subcommand to the command line's subparsers."""
+    parser = commands.add_parser("bench", help="measure labkit against its baselines",
+                                 description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (about half a minute)")
+    parser.add_argument("--only", metavar="KEYS",
+                        help=f"comma-separated metrics to measure (default: all): {', '.join(METRICS)}")
+    parser.set_defaults(run=main)

@@ -1,0 +1,559 @@
+"""Checks for exercise cells: run hidden tests against real servers, print one verdict.
+
+    >>> labkit.check("q1.1", fetch_or_none)                 # doctest: +SKIP
+    q1.1 passed: 8 hidden tests, 11 runs against real servers.
+
+A question's hidden tests live in ``labkit/grading/hidden/``. Each test starts its
+own servers, links and client on its own :class:`labkit.Trace` (so the student's
+trace and servers are left alone), calls the student's function in a worker
+thread with a time limit, and judges what came back and what went over the wire.
+Tests with random faults run once per seed, so an answer that ignores a fault
+cannot pass by luck.
+
+``check`` prints exactly one line and never raises. The line holds no time,
+port or id, so nbval can compare it:
+
+    q1.1 passed: ...
+    q1.1 not attempted yet: ...                       (the answer is still the stub)
+    q1.1 failed: <test>: <what was wrong>. Hint: <what to try>.
+    q1.1 failed: stopped after 20 s: the answer did not return. Hint: ...
+
+Writing a question (in a module of ``labkit.grading.hidden``)::
+
+    q = Question("q9.1", "double", params=("client", "url"), hint="...")
+
+    @q.test("a healthy service")
+    def _(run):
+        server = run.serve(create("hello"), "hello·check")
+        call = run.call(run.client(), server.url)
+        if call.value != 2:
+            raise Fail(f"it returned {show(call.value)}, expected 2", "double the number")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import importlib
+import inspect
+import logging
+import pkgutil
+import re
+import sys
+import threading
+import time
+from typing import Callable
+
+import requests
+
+from .. import client as _client
+from ..client import Client
+from ..net import Link
+from ..server import serve
+from ..trace import Event, Trace
+
+log = logging.getLogger("labkit")
+
+#: The body of every answer cell in the student edition (``labkit release`` writes it).
+STUB = 'raise NotImplementedError("write your answer here")'
+
+#: Seconds one call of an answer may take before the check stops it, unless the
+#: question sets its own limit or ``check(..., time_limit=...)`` overrides it.
+TIME_LIMIT_S = 20.0
+
+#: Seconds the check waits, after a time limit ran out, for the answer's thread to end.
+_GRACE_S = 3.0
+
+_HIDDEN_PACKAGE = "labkit.grading.hidden"
+_questions: dict[str, "Question"] = {}
+_loaded = False
+_load_lock = threading.Lock()
+
+
+# -- what the tests raise ----------------------------------------------------
+
+
+class Fail(Exception):
+    """A hidden test found the answer wrong: ``what`` was wrong (with the value), ``hint`` what to try."""
+
+    def __init__(self, what: str, hint: str = ""):
+        super().__init__(what)
+        self.what, self.hint = what, hint
+
+
+class _AnswerRaised(Exception):
+    """The student's function raised ``error`` (carried to the verdict)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(repr(error))
+        self.error = error
+
+
+class _Overrun(Exception):
+    """A call of the student's function did not return within the time limit."""
+
+    def __init__(self, limit: float):
+        super().__init__(limit)
+        self.limit = limit
+
+
+class _Stopped(BaseException):
+    """Raised inside an answer's thread to stop it; a BaseException so ``except Exception`` lets it pass."""
+
+
+# -- the registry --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class HiddenTest:
+    """One hidden test: ``run(run)`` raises :class:`Fail` if the answer is wrong."""
+
+    name: str
+    run: Callable[["Run"], None]
+    seeds: tuple = (None,)
+    #: exception type -> hint, for answers that raise during this test
+    raise_hints: dict = dataclasses.field(default_factory=dict)
+
+
+class Question:
+    """A graded exercise: its id, the function the student writes, and its hidden tests.
+
+    ``params`` names the function's parameters (checked before any test runs);
+    ``hint`` is the hint when the answer raises and no test has a better one;
+    ``hang_hint`` the hint when a call does not return within ``time_limit`` seconds.
+    Creating a Question registers it.
+    """
+
+    def __init__(self, id: str, function: str, *, params: tuple[str, ...], hint: str,
+                 hang_hint: str = "look for a loop that never ends, or a wait with no time limit",
+                 time_limit: float | None = None):
+        if id in _questions:
+            raise ValueError(f"question {id!r} is defined twice; question ids must be unique")
+        self.id, self.function, self.params = id, function, tuple(params)
+        self.hint, self.hang_hint = hint, hang_hint
+        self.time_limit = time_limit
+        self.tests: list[HiddenTest] = []
+        _questions[id] = self
+
+    def test(self, name: str, *, seeds=(None,), raise_hints: dict | None = None):
+        """Decorator: add a hidden test called ``name``, run once per seed in ``seeds``."""
+
+        def add(function):
+            self.tests.append(HiddenTest(name, function, tuple(seeds), dict(raise_hints or {})))
+            return function
+
+        return add
+
+    @property
+    def runs(self) -> int:
+        """How many runs a full check makes (tests times seeds)."""
+        return sum(len(t.seeds) for t in self.tests)
+
+    def __repr__(self) -> str:
+        return f"<Question {self.id} {self.function}: {len(self.tests)} hidden tests>"
+
+
+def questions() -> dict[str, Question]:
+    """Every question, by id (loads the hidden tests on first use)."""
+    global _loaded
+    with _load_lock:
+        if not _loaded:
+            package = importlib.import_module(_HIDDEN_PACKAGE)
+            for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+                importlib.import_module(f"{_HIDDEN_PACKAGE}.{module}")
+            _loaded = True
+    return dict(sorted(_questions.items(), key=lambda item: _order(item[0])))
+
+
+def _order(question_id: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", question_id)]
+
+
+# -- verdict lines -------------------------------------------------------------
+
+
+def not_attempted_line(question_id: str) -> str:
+    """The verdict for an answer that is still the stub (``labkit release`` stores it)."""
+    return f"{question_id} not attempted yet: write your answer in the cell above, run it, then run this cell."
+
+
+def passed_line(question: Question) -> str:
+    return f"{question.id} passed: {len(question.tests)} hidden tests, {question.runs} runs against real servers."
+
+
+def failed_line(question_id: str, what: str, hint: str) -> str:
+    line = f"{question_id} failed: {_sentence(what)}."
+    return f"{line} Hint: {_sentence(hint)}." if hint else line
+
+
+def stopped_line(question: Question, limit: float) -> str:
+    return failed_line(question.id, f"stopped after {limit:g} s: the answer did not return", question.hang_hint)
+
+
+def _sentence(text: str) -> str:
+    return " ".join(str(text).split()).rstrip(".")
+
+
+_ADDRESS = re.compile(r"(127\.0\.0\.1|localhost):\d+")
+_PORT = re.compile(r"port=\d+")
+_MEMORY = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def show(value, limit: int = 120) -> str:
+    """A short repr of ``value`` with no port or memory address in it (verdicts must be stable)."""
+    text = _scrub(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _scrub(text: str) -> str:
+    text = _ADDRESS.sub(r"\1:PORT", text)
+    text = _PORT.sub("port=PORT", text)
+    return _MEMORY.sub("", text)
+
+
+_REQUESTS_ERRORS = {
+    "timeout": "no answer within the client's timeout",
+    "connect timeout": "could not connect within the client's timeout",
+    "refused": "connection refused",
+    "reset": "connection reset",
+}
+
+
+def describe_error(error: BaseException) -> str:
+    """``ReadTimeout (no answer within the client's timeout)``, ``ZeroDivisionError: division by zero``."""
+    name = type(error).__name__
+    if isinstance(error, requests.exceptions.RequestException):
+        kind = _client.describe(error)
+        return f"{name} ({_REQUESTS_ERRORS.get(kind, kind)})"
+    message = _sentence(_scrub(str(error)))
+    if isinstance(error, KeyError) and error.args:
+        message = show(error.args[0])
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"{name}: {message}" if message else name
+
+
+# -- one run of one hidden test ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Call:
+    """What one call of the answer gave: its ``value``, how many ``seconds`` it took
+    (from ``started``, a ``time.perf_counter()`` reading), and the trace ``events``
+    recorded while it ran."""
+
+    value: object
+    seconds: float
+    events: list[Event]
+    started: float = 0.0
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
+
+    def receives(self, server, *, src: str | None = None, path: str | None = None,
+                 method: str | None = None) -> list[Event]:
+        """The requests ``server`` (a Server or a name) received during the call."""
+        name = getattr(server, "name", server)
+        return [e for e in self.events if e.kind == "receive" and e.dst == name
+                and (src is None or e.src == src) and (path is None or e.path == path)
+                and (method is None or e.method == method)]
+
+
+class Run:
+    """One hidden test with one seed: its own trace, and everything it starts, stopped at the end.
+
+    ``serve``, ``link``, ``client`` and ``later`` start things and register them for
+    teardown; ``call`` runs the student's function in a worker thread with the time limit.
+    """
+
+    def __init__(self, answer, seed, time_limit: float):
+        self.trace = Trace()
+        self.seed = seed
+        self.time_limit = time_limit
+        self._answer = answer
+        self._stack = contextlib.ExitStack()
+
+    # things the test starts (each stopped when the run ends, whatever happens)
+
+    def serve(self, app, name: str):
+        server = serve(app, name=name, trace=self.trace)
+        self._stack.callback(_quietly, server.stop)
+        return server
+
+    def link(self, target, **settings) -> Link:
+        link = Link(target, seed=0 if self.seed is None else self.seed, trace=self.trace, **settings)
+        self._stack.callback(_quietly, link.close)
+        return link
+
+    def client(self, name: str = "you", **options) -> Client:
+        client = Client(name, trace=self.trace, **options)
+        self._stack.callback(_quietly, client.close)
+        return client
+
+    def on_close(self, function, *args) -> None:
+        """Call ``function(*args)`` when the run ends (before what was started earlier stops)."""
+        self._stack.callback(_quietly, function, *args)
+
+    def later(self, delay: float, function) -> "_Later":
+        """Call ``function()`` in a helper thread after ``delay`` seconds (unless the run ends first)."""
+        job = _Later(delay, function)
+        self._stack.callback(_quietly, job.cancel)
+        job.start()
+        return job
+
+    # the student's function
+
+    def call(self, *args) -> Call:
+        """Call the answer with ``args`` in a worker thread; stop it if it overruns the time limit.
+
+        Raises _AnswerRaised if the answer raised, _Overrun if it did not return in time.
+        """
+        start_index = len(self.trace)
+        worker = _Worker(self._answer, args)
+        _sleep_patch.acquire()
+        try:
+            started = time.perf_counter()
+            worker.start()
+            finished = worker.done.wait(self.time_limit)
+            seconds = time.perf_counter() - started
+            if not finished:
+                self._stop(worker)
+                raise _Overrun(self.time_limit)
+            worker.join()
+        except BaseException:
+            if worker.is_alive() and not worker.stopping.is_set():  # interrupted (KeyboardInterrupt)
+                self._stop(worker)
+            raise
+        finally:
+            _sleep_patch.release()
+        if worker.error is not None:
+            raise _AnswerRaised(worker.error)
+        return Call(worker.value, seconds, self.trace.events()[start_index:], started)
+
+    def _stop(self, worker: "_Worker") -> None:
+        """Stop an overrunning answer: wake its sleeps, close the network under it, raise inside it."""
+        worker.stopping.set()
+        self.close()  # links and servers closed: a call blocked on the network returns
+        deadline = time.monotonic() + _GRACE_S
+        while worker.is_alive() and not worker.done.is_set() and time.monotonic() < deadline:
+            worker.interrupt()
+            worker.join(0.05)
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            log.warning("an answer's thread did not stop; it is left running as a daemon thread")
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _quietly(function, *args) -> None:
+    try:
+        function(*args)
+    except Exception:
+        log.debug("cleanup of a check run failed", exc_info=True)
+
+
+class _Worker(threading.Thread):
+    """The thread an answer runs in; it never prints, whatever happens to it."""
+
+    def __init__(self, answer, args):
+        super().__init__(name="labkit-check-answer", daemon=True)
+        self._answer, self._args = answer, args
+        self.value = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.stopping = threading.Event()
+        # An exception that escapes run() would be printed by threading's excepthook.
+        self._invoke_excepthook = lambda thread: None
+
+    def run(self) -> None:
+        _sleep_patch.stopping[threading.get_ident()] = self.stopping
+        try:
+            try:
+                self.value = self._answer(*self._args)
+            except BaseException as error:  # the student's error, or _Stopped
+                self.error = error
+        except BaseException:  # _Stopped landing while the error above was stored
+            pass
+        finally:
+            _sleep_patch.stopping.pop(threading.get_ident(), None)
+            self.done.set()
+            self._answer = self._args = None
+
+    def interrupt(self) -> None:
+        """Raise _Stopped in this thread at its next Python instruction."""
+        if self.ident is not None and not self.done.is_set():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(_Stopped))
+
+
+class _SleepPatch:
+    """While a check runs, ``time.sleep`` in an answer's thread wakes when the answer is stopped.
+
+    An exception raised into a thread is only seen between Python instructions,
+    never during ``time.sleep(1000)``; this sleep waits on an event instead. Other
+    threads get the real ``time.sleep``.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._real = time.sleep
+        self._patched = self._sleep  # one bound method, so "is" can recognise it
+        self.stopping: dict[int, threading.Event] = {}
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._real = time.sleep
+                time.sleep = self._patched
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and time.sleep is self._patched:
+                time.sleep = self._real
+
+    def _sleep(self, seconds) -> None:
+        stopping = self.stopping.get(threading.get_ident())
+        if stopping is None:
+            return self._real(seconds)
+        seconds = float(seconds)
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
+        if stopping.wait(min(seconds, threading.TIMEOUT_MAX)):
+            raise _Stopped()
+
+
+_sleep_patch = _SleepPatch()
+
+
+class _Later(threading.Thread):
+    """A helper thread of a hidden test: calls ``function`` after ``delay`` seconds, quietly."""
+
+    def __init__(self, delay: float, function):
+        super().__init__(name="labkit-check-helper", daemon=True)
+        self.delay, self.function = delay, function
+        self._cancel = threading.Event()
+        self.started_at: float | None = None  # perf_counter when the function began
+        self.error: BaseException | None = None
+        self._invoke_excepthook = lambda thread: None
+
+    def run(self) -> None:
+        if self._cancel.wait(self.delay):
+            return
+        self.started_at = time.perf_counter()
+        try:
+            self.function()
+        except BaseException as error:
+            self.error = error
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        if self.is_alive():
+            self.join(10)
+
+
+# -- the check -------------------------------------------------------------------
+
+
+def check(question: str, answer, *, diagram: bool = False, time_limit: float | None = None) -> None:
+    """Run the hidden tests of ``question`` on ``answer`` and print one verdict line.
+
+    ``diagram=True`` also draws the sequence diagram of the failing run.
+    ``time_limit`` (seconds per call of the answer) overrides the question's.
+    It never raises: whatever the answer does, the verdict says it.
+
+        >>> labkit.check("q1.1", fetch_or_none)      # doctest: +SKIP
+    """
+    trace = None
+    try:
+        line, trace = _grade(question, answer, time_limit)
+    except KeyboardInterrupt:
+        line = f"{question} not checked: interrupted."
+    except Exception as error:  # a bug in a hidden test: say so, never raise
+        log.exception("check(%r) failed", question)
+        line = (f"{question} could not be checked: the check itself failed with "
+                f"{describe_error(error)}. Please report this to the course team.")
+    print(line)
+    if diagram and trace is not None:
+        _show_diagram(trace)
+
+
+def _grade(question_id, answer, time_limit) -> tuple[str, Trace | None]:
+    """The verdict line, and the trace of the failing run (None if none failed)."""
+    known = questions()
+    if question_id not in known:
+        names = ", ".join(known)
+        return (f"{question_id!r} is not a question of this workbook; the questions are {names}. "
+                f"Check the first argument of labkit.check."), None
+    question = known[question_id]
+    if answer is None or not callable(answer):
+        return not_attempted_line(question.id), None
+    problem = _signature_problem(question, answer)
+    if problem:
+        return failed_line(question.id, problem, f"define it as def {question.function}({', '.join(question.params)}):"), None
+    limit = float(time_limit if time_limit is not None else question.time_limit or TIME_LIMIT_S)
+    for test in question.tests:
+        for seed in test.seeds:
+            name = test.name if seed is None else f"{test.name} (seed {seed})"
+            with Run(answer, seed, limit) as run:
+                try:
+                    test.run(run)
+                except Fail as failure:
+                    return failed_line(question.id, f"{name}: {failure.what}", failure.hint or question.hint), run.trace
+                except _AnswerRaised as raised:
+                    error = raised.error
+                    if isinstance(error, NotImplementedError):
+                        return not_attempted_line(question.id), None
+                    hint = next((h for kind, h in test.raise_hints.items() if isinstance(error, kind)), question.hint)
+                    return failed_line(question.id, f"{name}: your answer raised {describe_error(error)}", hint), run.trace
+                except _Overrun as overrun:
+                    return stopped_line(question, overrun.limit), run.trace
+    return passed_line(question), None
+
+
+def _signature_problem(question: Question, answer) -> str:
+    try:
+        signature = inspect.signature(answer)
+    except (TypeError, ValueError):
+        return ""
+    try:
+        signature.bind(*question.params)
+    except TypeError:
+        wanted = len(question.params)
+        return (f"{question.function} must take {wanted} argument{'s' if wanted != 1 else ''} "
+                f"({', '.join(question.params)}), but yours is {getattr(answer, '__name__', 'it')}{signature}")
+    return ""
+
+
+def _show_diagram(trace: Trace) -> None:
+    """Display the sequence diagram of ``trace`` below the verdict (needs labkit.plots)."""
+    try:
+        plots = importlib.import_module("labkit.plots")
+        figure = plots.sequence(trace)
+    except Exception as error:
+        print(f"No diagram: {describe_error(error)}.")
+        return
+    try:
+        import IPython
+        from IPython.display import display
+    except ImportError:
+        return
+    if IPython.get_ipython() is None:  # a plain interpreter would print the figure's repr
+        return
+    display(figure)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:  # drawn once: the inline backend would show an open pyplot figure again
+        try:
+            pyplot.close(figure)
+        except Exception:
+            pass

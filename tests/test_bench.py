@@ -1,0 +1,41 @@
+"""The benchmark command runs and writes its report; timings are not asserted."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = ["serve_ready_ms", "link_overhead_us"]
+
+
+def test_bench_quick_writes_a_report(tmp_path):
+    report_file = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit", "bench", "--quick", "--only", ",".join(KEYS),
+         "--json", str(report_file)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    report = json.loads(report_file.read_text())
+    assert report["machine"]["cpu_count"] >= 1
+    assert report["date"]
+    for key in KEYS:
+        entry = report[key]
+        assert isinstance(entry["value"], (int, float)), (key, entry)
+        assert isinstance(entry["met"], bool), (key, entry)
+        assert {"baseline", "target", "unit", "note"} <= set(entry)
+        assert key in done.stdout  # the table names every metric measured
+
+
+def test_bench_rejects_an_unknown_metric():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit", "bench", "--only", "no_such_metric"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no_such_metric" in done.stderr

@@ -1,0 +1,424 @@
+"""labkit.check: the solutions pass, stubs are "not attempted yet", wrong answers fail
+with the right hint, hanging answers are stopped, and nothing is left running."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+import labkit
+import labkit.net
+from labkit.apps import create
+from labkit.grading import check as grading
+
+# -- the answers the notebooks hold -------------------------------------------------------
+
+
+def greet(client, base_url, name):
+    return client.get(base_url + "/hello", params={"name": name}).json()["message"]
+
+
+def fetch_or_none(client, url):
+    try:
+        response = client.get(url, timeout=0.5)
+        response.raise_for_status()
+        return response.json()
+    except requests.exceptions.RequestException:
+        return None
+
+
+def order_totals(client, base_url, order_ids):
+    response = client.post(base_url + "/orders/batch", json={"ids": list(order_ids)})
+    response.raise_for_status()
+    return {o["id"]: round(sum(i["qty"] * i["price"] for i in o["items"]), 2) for o in response.json()["orders"]}
+
+
+def next_messages(client, base_url, after):
+    while True:
+        response = client.get(base_url + "/messages", params={"after": after, "wait": 5}, timeout=10)
+        response.raise_for_status()
+        messages = response.json()["messages"]
+        if messages:
+            return messages
+
+
+SOLUTIONS = {"q0.1": greet, "q1.1": fetch_or_none, "q1.2": order_totals, "q1.3": next_messages}
+
+
+def stub(*args):
+    raise NotImplementedError("write your answer here")
+
+
+# -- wrong answers, and the words their verdict must hold -----------------------------------
+
+
+def greet_hard_coded(client, base_url, name):
+    return f"Hello, {name}!"
+
+
+def greet_without_client(client, base_url, name):
+    return requests.get(base_url + "/hello", params={"name": name}, timeout=5).json()["message"]
+
+
+def greet_whole_body(client, base_url, name):
+    return client.get(base_url + "/hello", params={"name": name}).json()
+
+
+def fetch_no_timeout(client, url):
+    try:
+        response = client.get(url)
+        response.raise_for_status()
+        return response.json()
+    except requests.exceptions.RequestException:
+        return None
+
+
+def fetch_catches_only_timeout(client, url):
+    try:
+        response = client.get(url, timeout=0.5)
+        response.raise_for_status()
+        return response.json()
+    except requests.exceptions.Timeout:
+        return None
+
+
+def fetch_ignores_status(client, url):
+    try:
+        return client.get(url, timeout=0.5).json()
+    except requests.exceptions.RequestException:
+        return None
+
+
+def fetch_catches_nothing(client, url):
+    response = client.get(url, timeout=0.5)
+    response.raise_for_status()
+    return response.json()
+
+
+def fetch_always_none(client, url):
+    return None
+
+
+def totals_n_plus_one(client, base_url, order_ids):
+    totals = {}
+    for order_id in order_ids:
+        order = client.get(f"{base_url}/orders/{order_id}").json()
+        totals[order_id] = round(sum(i["qty"] * i["price"] for i in order["items"]), 2)
+    return totals
+
+
+def totals_not_rounded(client, base_url, order_ids):
+    orders = client.post(base_url + "/orders/batch", json={"ids": list(order_ids)}).json()["orders"]
+    return {o["id"]: sum(i["qty"] * i["price"] for i in o["items"]) for o in orders}
+
+
+def totals_ignore_qty(client, base_url, order_ids):
+    orders = client.post(base_url + "/orders/batch", json={"ids": list(order_ids)}).json()["orders"]
+    return {o["id"]: round(sum(i["price"] for i in o["items"]), 2) for o in orders}
+
+
+def totals_string_keys(client, base_url, order_ids):
+    orders = client.post(base_url + "/orders/batch", json={"ids": list(order_ids)}).json()["orders"]
+    return {str(o["id"]): round(sum(i["qty"] * i["price"] for i in o["items"]), 2) for o in orders}
+
+
+def messages_busy_polling(client, base_url, after):
+    while True:
+        messages = client.get(base_url + "/messages", params={"after": after}).json()["messages"]
+        if messages:
+            return messages
+        time.sleep(0.05)
+
+
+def messages_sleepy_polling(client, base_url, after):
+    while True:
+        messages = client.get(base_url + "/messages", params={"after": after}).json()["messages"]
+        if messages:
+            return messages
+        time.sleep(2)
+
+
+def messages_short_client_timeout(client, base_url, after):
+    while True:
+        response = client.get(base_url + "/messages", params={"after": after, "wait": 5}, timeout=1)
+        messages = response.json()["messages"]
+        if messages:
+            return messages
+
+
+def messages_no_wait(client, base_url, after):
+    return client.get(base_url + "/messages", params={"after": after}).json()["messages"]
+
+
+def messages_ignore_after(client, base_url, after):
+    while True:
+        response = client.get(base_url + "/messages", params={"wait": 5}, timeout=10)
+        messages = response.json()["messages"]
+        if messages:
+            return messages
+
+
+WRONG = [
+    ("q0.1", greet_hard_coded, ["without asking the service", "client.get("]),
+    ("q0.1", greet_without_client, ["did not come from the client you were given", "from 'client'"]),
+    ("q0.1", greet_whole_body, ["not a string", "{'message': 'Hello, Ada!'}", '.json()["message"]']),
+    ("q1.1", fetch_no_timeout, ["a slow service (2 s latency): with a service that takes 2 s to answer "
+                                "it took more than 1.5 s", "Hint: pass timeout=0.5 to client.get"]),
+    ("q1.1", fetch_catches_only_timeout, ["a service that is down (connection refused): your answer raised "
+                                          "ConnectionError (connection refused)", "RequestException"]),
+    ("q1.1", fetch_ignores_status, ["an error answer (503 Service Unavailable)", "returned {'error': 'the forecast",
+                                    "expected None", "raise_for_status()"]),
+    ("q1.1", fetch_catches_nothing, ["a slow service (2 s latency): your answer raised ReadTimeout "
+                                     "(no answer within the client's timeout)", "catch requests.exceptions.RequestException"]),
+    ("q1.1", fetch_always_none, ["a healthy service: it returned None; the service answered {'city': 'Oslo'",
+                                 "response.json()"]),
+    ("q1.2", totals_n_plus_one, ["(seed 1): it made 25 requests for 25 orders (at most 2 allowed)",
+                                 "POST /orders/batch"]),
+    ("q1.2", totals_not_rounded, ["is not rounded to 2 decimals", "round(total, 2)"]),
+    ("q1.2", totals_ignore_qty, ["but its items add up to", "qty × price"]),
+    ("q1.2", totals_string_keys, ["has no total for order", "keys must be the order ids"]),
+    ("q1.3", messages_busy_polling, ["a message posted while you wait: it made more than 3 requests",
+                                     "GET /messages?after=N&wait=5"]),
+    ("q1.3", messages_sleepy_polling, ["more than 0.6 s after the message was posted", "sleeping between polls"]),
+    ("q1.3", messages_short_client_timeout, ["your answer raised ReadTimeout (no answer within the client's timeout)",
+                                             "the client's timeout must be longer than the server's wait"]),
+    ("q1.3", messages_no_wait, ["it returned [] before any new message was posted"]),
+    ("q1.3", messages_ignore_after, ["for after=2 it returned messages with ids [1, 2]",
+                                     "only ids greater than 2 belong"]),
+]
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+def _state():
+    return (sorted(labkit.running()), labkit.net._loop_thread._users)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """Every check stops what it started: servers, links and threads."""
+    before_state = _state()
+    before_threads = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        extra = [t.name for t in set(threading.enumerate()) - before_threads if t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert _state() == before_state
+    assert extra == []
+
+
+def verdict(capsys, question, answer, **options) -> str:
+    result = labkit.check(question, answer, **options)
+    assert result is None
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.count("\n") == 1, out
+    return out.strip()
+
+
+def verdicts_are_deterministic(line: str) -> None:
+    assert "127.0.0.1:" not in line and "port=" not in line.lower() and " at 0x" not in line
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+def test_the_registry_holds_the_four_exercises():
+    assert list(grading.questions()) == ["q0.1", "q1.1", "q1.2", "q1.3"]
+    assert labkit.check is grading.check
+
+
+@pytest.mark.parametrize("question", list(SOLUTIONS))
+def test_the_solution_passes(capsys, question):
+    line = verdict(capsys, question, SOLUTIONS[question])
+    q = grading.questions()[question]
+    assert line == f"{question} passed: {len(q.tests)} hidden tests, {q.runs} runs against real servers."
+
+
+@pytest.mark.parametrize("question", list(SOLUTIONS))
+def test_the_solution_passes_every_time(capsys, question):
+    """Timing bounds have margins wide enough that a correct answer never fails at random."""
+    lines = {verdict(capsys, question, SOLUTIONS[question]) for _ in range(10)}
+    assert len(lines) == 1 and "passed" in lines.pop()
+
+
+@pytest.mark.parametrize("question", list(SOLUTIONS))
+@pytest.mark.parametrize("answer", [stub, None, 42], ids=["stub", "None", "not-callable"])
+def test_the_stub_is_not_attempted_yet(capsys, question, answer):
+    line = verdict(capsys, question, answer)
+    assert line == f"{question} not attempted yet: write your answer in the cell above, run it, then run this cell."
+    assert line == grading.not_attempted_line(question)
+
+
+@pytest.mark.parametrize("question, answer, words", WRONG, ids=[f"{q}-{a.__name__}" for q, a, _ in WRONG])
+def test_a_wrong_answer_fails_with_the_right_hint(capsys, question, answer, words):
+    line = verdict(capsys, question, answer)
+    assert line.startswith(f"{question} failed: "), line
+    assert "Hint: " in line and line.endswith(".")
+    for word in words:
+        assert word in line, line
+    verdicts_are_deterministic(line)
+
+
+@pytest.mark.parametrize("question, answer", [("q1.2", totals_n_plus_one), ("q1.1", fetch_ignores_status),
+                                              ("q0.1", greet_hard_coded)])
+def test_a_failure_verdict_is_the_same_every_run(capsys, question, answer):
+    assert len({verdict(capsys, question, answer) for _ in range(3)}) == 1
+
+
+def test_an_answer_that_raises_is_reported(capsys):
+    def divide(client, url):
+        return 1 / 0
+
+    line = verdict(capsys, "q1.1", divide)
+    assert line.startswith("q1.1 failed: a healthy service: your answer raised ZeroDivisionError: division by zero. Hint: ")
+
+
+def test_a_key_error_names_the_key(capsys):
+    def wrong_key(client, base_url, name):
+        return client.get(base_url + "/hello", params={"name": name}).json()["greeting"]
+
+    assert "your answer raised KeyError: 'greeting'" in verdict(capsys, "q0.1", wrong_key)
+
+
+def test_a_wrong_signature_is_named(capsys):
+    line = verdict(capsys, "q1.1", lambda url: None)
+    assert line == ("q1.1 failed: fetch_or_none must take 2 arguments (client, url), but yours is <lambda>(url). "
+                    "Hint: define it as def fetch_or_none(client, url):.")
+
+
+def spin(*args):
+    while True:
+        pass
+
+
+def sleep_long(*args):
+    time.sleep(1000)
+
+
+def wait_on_the_network(client, url):
+    # No timeout, and not the labkit client: blocks until the link is closed under it.
+    return requests.get(url).json()
+
+
+def swallow_and_spin(*args):
+    while True:
+        try:
+            while True:
+                pass
+        except Exception:
+            pass
+
+
+@pytest.mark.parametrize("question, answer", [("q0.1", spin), ("q1.1", sleep_long), ("q1.1", wait_on_the_network),
+                                              ("q1.3", swallow_and_spin)],
+                         ids=["busy-loop", "sleep", "blocked-on-network", "catches-exception"])
+def test_a_hanging_answer_is_stopped(capsys, question, answer):
+    started = time.monotonic()
+    line = verdict(capsys, question, answer, time_limit=2)
+    assert time.monotonic() - started < 2 + 5
+    assert line.startswith(f"{question} failed: stopped after 2 s: the answer did not return. Hint: "), line
+
+
+def test_the_time_limit_defaults_to_the_module_constant(capsys, monkeypatch):
+    monkeypatch.setattr(grading, "TIME_LIMIT_S", 1.5)
+    assert verdict(capsys, "q0.1", spin).startswith("q0.1 failed: stopped after 1.5 s: ")
+
+
+def test_time_sleep_is_itself_again_after_a_check(capsys):
+    real = time.sleep
+    verdict(capsys, "q0.1", spin, time_limit=1)
+    assert time.sleep is real
+
+
+def test_an_unknown_question_is_named_not_raised(capsys):
+    line = verdict(capsys, "q9.9", greet)
+    assert line == ("'q9.9' is not a question of this workbook; the questions are q0.1, q1.1, q1.2, q1.3. "
+                    "Check the first argument of labkit.check.")
+    assert "is not a question" in verdict(capsys, None, greet)
+
+
+def test_the_check_never_raises_even_when_a_hidden_test_breaks(capsys, monkeypatch):
+    question = grading.questions()["q0.1"]
+
+    def broken(run):
+        raise RuntimeError("a bug in the hidden test")
+
+    monkeypatch.setattr(question, "tests", [grading.HiddenTest("broken", broken)])
+    line = verdict(capsys, "q0.1", greet)
+    assert line.startswith("q0.1 could not be checked: the check itself failed with RuntimeError: a bug in the hidden test")
+
+
+def test_the_students_trace_and_servers_are_left_alone(capsys):
+    before = len(labkit.trace)
+    with labkit.serve(create("hello"), name="hello") as mine:
+        assert "passed" in verdict(capsys, "q0.1", greet)
+        assert labkit.running() == {"hello": mine}
+    assert len(labkit.trace) == before
+
+
+def test_diagram_shows_the_failing_run(capsys, monkeypatch):
+    IPython_display = pytest.importorskip("IPython.display")
+    plots = pytest.importorskip("labkit.plots")
+    shown, drawn = [], []
+    real_sequence = plots.sequence
+
+    def sequence(trace, **options):
+        drawn.append(trace)
+        return real_sequence(trace, **options)
+
+    monkeypatch.setattr(plots, "sequence", sequence)
+    monkeypatch.setattr(IPython_display, "display", shown.append)
+    monkeypatch.setattr("IPython.get_ipython", lambda: object())  # as in a notebook
+    line = verdict(capsys, "q1.2", totals_n_plus_one, diagram=True)
+    assert "made 25 requests" in line
+    assert len(drawn) == 1 and len(shown) == 1
+    receives = [e for e in drawn[0] if e.kind == "receive" and e.dst == "shop·check"]
+    assert len(receives) == 25
+    assert type(shown[0]).__name__ == "Figure"
+    # a passing answer draws nothing
+    assert "passed" in verdict(capsys, "q1.2", order_totals, diagram=True)
+    assert len(shown) == 1
+
+
+def test_diagram_outside_ipython_prints_only_the_verdict(capsys):
+    pytest.importorskip("labkit.plots")
+    assert verdict(capsys, "q0.1", greet_hard_coded, diagram=True).startswith("q0.1 failed: ")
+
+
+def test_diagram_without_plots_says_so(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "labkit.plots", None)  # import fails
+    monkeypatch.delattr(labkit, "plots", raising=False)
+    labkit.check("q0.1", greet_hard_coded, diagram=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("q0.1 failed: ")
+    assert out[1].startswith("No diagram: ")
+
+
+def test_the_random_faults_test_sees_every_outcome():
+    """Over its seeds the random test meets answers, lost requests, lost answers and resets,
+    so an answer that ignores any of them cannot pass by luck."""
+    test = grading.questions()["q1.1"].tests[-1]
+    kinds, outcomes = set(), set()
+    for seed in test.seeds:
+        def recording(client, url):
+            result = fetch_or_none(client, url)
+            outcomes.add(result is None)
+            return result
+
+        with grading.Run(recording, seed, 20) as run:
+            test.run(run)
+            for e in run.trace:
+                if e.kind in ("dropped", "reset"):
+                    kinds.add((e.kind, "request" if e.dst == "weather·check" else "response"))
+    assert outcomes == {True, False}
+    assert kinds == {("dropped", "request"), ("dropped", "response"), ("reset", "request")}
