@@ -13,7 +13,7 @@ import logging as _logging
 
 from .client import Client as Client
 from .errors import LabkitError as LabkitError, LinkError as LinkError, ServerError as ServerError
-from .net import Link as Link, Network as Network
+from .net import Link as Link, Network as Network, open_links as open_links
 from .server import Server as Server, running as running, serve as serve, stop_all as stop_all
 from .trace import Trace as Trace, default as trace
 
@@ -21,6 +21,7 @@ from .trace import Trace as Trace, default as trace
 _logging.getLogger("labkit").addHandler(_logging.NullHandler())
 
 _LAZY = {
+    "apps": ("labkit.apps", None),
     "plots": ("labkit.plots", None),
     "widgets": ("labkit.widgets", None),
     "sequence": ("labkit.plots", "sequence"),

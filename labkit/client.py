@@ -67,6 +67,7 @@ class Client:
         # One session per client keeps connections alive between calls; closing
         # the client closes them (see close()), so no socket outlives it.
         self._session = requests.Session()
+        self._session.trust_env = False  # loopback services: no proxies or .netrc from the environment
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=256, max_retries=0)
         self._session.mount("http://", adapter)
 

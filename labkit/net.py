@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import logging
 import math
 import numbers
 import random
@@ -47,6 +48,8 @@ from urllib.parse import urlsplit
 
 from . import trace as _trace
 from .errors import LinkError
+
+log = logging.getLogger("labkit")
 
 REQUEST, RESPONSE = 0, 1
 _HEADER = re.compile(rb"\r\n(traceparent|labkit-caller):[ \t]*([^\r\n]*)", re.IGNORECASE)
@@ -74,6 +77,9 @@ class _LoopThread:
 
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
+        # Whatever goes wrong in a callback is logged, never printed into a cell.
+        self.loop.set_exception_handler(
+            lambda loop, context: log.error("link: %s", context.get("message"), exc_info=context.get("exception")))
         self.loop.call_soon(ready.set)
         try:
             self.loop.run_forever()
@@ -93,6 +99,23 @@ class _LoopThread:
 
 
 _loop_thread = _LoopThread()
+_open: set["Link"] = set()  # the links not yet closed
+_open_lock = threading.Lock()
+
+
+def open_links() -> int:
+    """How many links are open now."""
+    with _open_lock:
+        return len(_open)
+
+
+def close_all() -> int:
+    """Close every open link; return how many were closed."""
+    with _open_lock:
+        links = list(_open)
+    for link in links:
+        link.close()
+    return len(links)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,7 +226,7 @@ class _Pipe:
         self.lost = False               # a message was lost: the connection carries nothing more
         self.closed = False
         self.connecting: asyncio.Task | None = None
-        self.caller_name, self.trace_id = "client", ""
+        self.caller_name, self.trace_id, self.span_id = "client", "", ""
 
     def other(self, side: _Side) -> _Side:
         return self.service if side is self.caller else self.caller
@@ -239,28 +262,34 @@ class _Pipe:
         if direction == REQUEST:
             for name, value in _HEADER.findall(data[:8192]):
                 if name.lower() == b"traceparent":
-                    self.trace_id = _trace.parse_traceparent(value.decode("latin-1"))[0]
+                    self.trace_id, self.span_id = _trace.parse_traceparent(value.decode("latin-1"))
                 else:
                     self.caller_name = value.decode("latin-1")
-        ends = (self.caller_name, link.dst) if direction == REQUEST else (link.dst, self.caller_name)
+        ends = self._ends(direction)
         settings, (r_reset, r_drop, r_jitter) = link._draw()
         if link.cut:
-            self._lose("partitioned", ends)
+            self._lose("partitioned", direction)
             return False
         if direction == REQUEST and r_reset < settings.reset:
-            link.trace.record("reset", *ends, trace_id=self.trace_id)
+            link.trace.record("reset", *ends, trace_id=self.trace_id, span_id=self.span_id)
             self.abort()
             return False
         if r_drop < settings.drop[direction]:
-            self._lose("dropped", ends)
+            self._lose("dropped", direction)
             return False
         self.delay = (settings.latency_ms[direction] + r_jitter * settings.jitter_ms[direction]) / 1000
         if self.delay:
-            link.trace.record("delayed", *ends, trace_id=self.trace_id, detail=f"{self.delay * 1000:.0f} ms")
+            link.trace.record("delayed", *ends, trace_id=self.trace_id, span_id=self.span_id,
+                              detail=f"{self.delay * 1000:.0f} ms")
         return True
 
-    def _lose(self, kind: str, ends) -> None:
-        self.link.trace.record(kind, *ends, trace_id=self.trace_id)
+    def _ends(self, direction: int) -> tuple[str, str]:
+        """(sender, receiver) of a message going in ``direction``."""
+        ends = (self.caller_name, self.link.dst)
+        return ends if direction == REQUEST else ends[::-1]
+
+    def _lose(self, kind: str, direction: int) -> None:
+        self.link.trace.record(kind, *self._ends(direction), trace_id=self.trace_id, span_id=self.span_id)
         self.lost = True
 
     def _queue(self, direction: int, item) -> None:
@@ -277,6 +306,9 @@ class _Pipe:
             timer.cancel()  # one waiting timer per direction at most
         if self.closed or self.lost:
             return
+        if self.link.cut:  # a partition began while this was in flight
+            self._lose("partitioned", direction)
+            return
         side = self.service if direction == REQUEST else self.caller
         if side.transport is None:
             return  # not connected yet: connected() flushes
@@ -287,7 +319,11 @@ class _Pipe:
             if item is _EOF:
                 self._end(direction, side)
                 return
-            side.transport.write(item)
+            try:
+                side.transport.write(item)
+            except OSError:  # the receiving end has gone (a caller that gave up)
+                self.close()
+                return
         if queue:
             self.timers[direction] = loop.call_at(queue[0][0], self._flush, direction)
 
@@ -304,8 +340,12 @@ class _Pipe:
         self._queue(direction, _EOF)
 
     def _end(self, direction: int, side: _Side) -> None:
-        if side.transport.can_write_eof():
-            side.transport.write_eof()
+        try:
+            if not side.transport.is_closing() and side.transport.can_write_eof():
+                side.transport.write_eof()
+        except OSError:  # the receiving end has gone (a caller that gave up)
+            self.close()
+            return
         self.ended[direction] = True
         if all(self.ended):
             self.close()
@@ -386,6 +426,8 @@ class Link:
             raise
         self.url = f"http://127.0.0.1:{self.port}"
         _trace.register_name(("127.0.0.1", self.port), self.dst)
+        with _open_lock:
+            _open.add(self)
 
     # -- settings -----------------------------------------------------------
 
@@ -441,7 +483,7 @@ class Link:
     def _listen(self) -> None:
         async def start():
             return await self._loop.create_server(
-                lambda: _Pipe(self).caller, "127.0.0.1", self.port, reuse_address=True)
+                lambda: _Pipe(self).caller, "127.0.0.1", self.port, reuse_address=True, backlog=1024)
         try:
             self._listener = self._loop_thread_run(start())
         except OSError as exc:
@@ -456,7 +498,7 @@ class Link:
 
     async def _go_up(self) -> None:
         self._listener = await self._loop.create_server(
-            lambda: _Pipe(self).caller, "127.0.0.1", self.port, reuse_address=True)
+            lambda: _Pipe(self).caller, "127.0.0.1", self.port, reuse_address=True, backlog=1024)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -472,6 +514,8 @@ class Link:
                 self._loop_thread_run(self._shut())
             finally:
                 _trace.forget_name(("127.0.0.1", self.port))
+                with _open_lock:
+                    _open.discard(self)
                 _loop_thread.release()
 
     async def _shut(self) -> None:
@@ -566,8 +610,6 @@ class Network:
     def _apply(self) -> None:
         for (src, dst), link in self.links.items():
             link.cut = self._separated(src, dst)
-            if link.cut and not link.closed:
-                link._loop_thread_run(_cut_pipes(link))
 
     def close(self) -> None:
         """Close every link of the network."""
@@ -580,8 +622,3 @@ class Network:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-async def _cut_pipes(link: Link) -> None:
-    """A new partition loses what is in flight on the link's open connections too."""
-    for pipe in list(link._pipes):
-        pipe.lost = True

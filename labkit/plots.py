@@ -54,7 +54,7 @@ MAX_LABELLED = 60
 
 _WIDTH = 9.0                 # inches; fixed so a figure's text repr is stable
 _DPI = 100
-_LINK_KINDS = ("delayed", "dropped", "partitioned", "reset", "refused")
+_LINK_KINDS = ("delayed", "dropped", "partitioned", "reset")
 
 
 # -- joining events into exchanges ---------------------------------------------
@@ -77,7 +77,7 @@ class _Exchange:
     lost_request: float | None = None   # a link lost the request here
     lost_response: float | None = None  # a link lost the response here
     lost_kind: str = ""
-    reset: float | None = None          # a link reset (or refused) the connection here
+    reset: float | None = None          # a link reset the connection here
 
     @property
     def start(self) -> float | None:
@@ -119,7 +119,7 @@ def _exchanges(events: list[Event]) -> tuple[list[_Exchange], list[Event]]:
             x, direction = _claim(by_trace.get(e.trace_id, ()), e)
             if x is None:
                 orphans.append(e)
-            elif e.kind in ("reset", "refused"):
+            elif e.kind == "reset":
                 x.reset = e.t
             elif direction == "request":
                 x.lost_request, x.lost_kind = e.t, e.kind

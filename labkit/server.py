@@ -23,8 +23,10 @@ import socket
 import threading
 import time
 
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.wsgi import LimitedStream
 
+from . import net as _net
 from . import trace as _trace
 from .errors import ServerError
 
@@ -43,13 +45,76 @@ class _LogStream(io.TextIOBase):
         return len(text)
 
 
+class _Unread(io.RawIOBase):
+    """The handler's ``rfile``; reads nothing while ``guard`` is set.
+
+    After each response werkzeug discards whatever else is on the socket, which is
+    right only because werkzeug closes every connection. On a kept-alive
+    connection that would swallow the caller's next request, so the stream is
+    guarded while a request runs; the app reads its body from ``wsgi.input``.
+    """
+
+    def __init__(self, rfile):
+        self.raw_file, self.guard = rfile, False
+
+    def read(self, size=-1):
+        return b"" if self.guard else self.raw_file.read(size)
+
+    def readinto(self, b):
+        return 0 if self.guard else self.raw_file.readinto(b)
+
+    def readline(self, size=-1):
+        return self.raw_file.readline(size)
+
+    def readable(self):
+        return True
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's handler without the request log on stderr."""
+    """werkzeug's handler, quiet, and keeping HTTP/1.1 connections alive.
+
+    werkzeug's development server closes every connection after one request;
+    a client that calls the same service again would pay a new TCP handshake
+    (and a new server thread) each time, which is neither what real HTTP/1.1
+    services do nor what a lesson about latency should measure.
+    """
+
+    timeout = 60  # seconds an idle kept-alive connection waits for its next request
+    wbufsize = io.DEFAULT_BUFFER_SIZE  # headers and body leave together, at werkzeug's flush
+
+    def setup(self):
+        super().setup()
+        # Small writes on a kept-alive connection must not wait for delayed ACKs (Nagle).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = _Unread(self.rfile)
 
     def make_environ(self):
         environ = super().make_environ()
         environ["wsgi.errors"] = _LogStream()
+        body = self.rfile.raw_file
+        if environ.get("wsgi.input_terminated"):  # a chunked body: close after it
+            self.close_connection = True
+            environ["wsgi.input"] = DechunkedInput(body)
+        else:
+            length = environ.get("CONTENT_LENGTH", "")
+            environ["wsgi.input"] = self._body = LimitedStream(body, int(length) if length.isdigit() else 0)
+        self.rfile.guard = not self.close_connection
         return environ
+
+    def run_wsgi(self):
+        self._body = None
+        try:
+            super().run_wsgi()
+            if self._body is not None and not self.close_connection:
+                self._body.exhaust()  # what the app left unread, so the next request starts clean
+        finally:
+            self.rfile.guard = False
+
+    def send_header(self, keyword, value):
+        # Keep the connection open unless the caller asked to close it or its body had no length.
+        if keyword.lower() == "connection" and value == "close" and not self.close_connection:
+            return
+        super().send_header(keyword, value)
 
     def log(self, type: str, message: str, *args) -> None:
         log.debug("%s %s", self.address_string(), message % args if args else message)
@@ -62,6 +127,7 @@ class _Server(ThreadedWSGIServer):
     """werkzeug's threaded server that knows its open connections, so stop can close them."""
 
     daemon_threads = True
+    request_queue_size = 1024  # bursts of hundreds of new connections are part of the lessons
 
     def __init__(self, app):
         super().__init__("127.0.0.1", 0, app, handler=_QuietHandler)
@@ -114,6 +180,8 @@ def _traced(app, name: str, log_to: _trace.Trace):
     def traced_app(environ, start_response):
         caller = environ.get("HTTP_LABKIT_CALLER") or "client"
         trace_id, parent = _trace.parse_traceparent(environ.get("HTTP_TRACEPARENT"))
+        if not trace_id:  # a caller outside labkit (a browser): calls made downstream still share one id
+            trace_id = _trace.new_ids()[0]
         fields = dict(
             method=environ.get("REQUEST_METHOD", ""),
             path=environ.get("PATH_INFO", ""),
@@ -127,7 +195,7 @@ def _traced(app, name: str, log_to: _trace.Trace):
             status[:] = [int(status_line.split(" ", 1)[0])]
             return start_response(status_line, headers, exc_info)
 
-        token = _trace._context.set((trace_id, parent) if trace_id else None)
+        token = _trace._context.set((trace_id, parent))
         body = None
         try:
             body = app(environ, recording_start_response)
@@ -285,7 +353,8 @@ def running() -> dict[str, Server]:
 
 
 def stop_all() -> int:
-    """Stop every running server; return how many were stopped."""
+    """Close every open link and stop every running server; return how many servers stopped."""
+    _net.close_all()
     servers = list(running().values())
     for server in servers:
         server.stop()

@@ -27,11 +27,10 @@ KINDS = {
     "receive": "a server received a request",
     "reply": "a server answered (status)",
     "response": "the client got the answer (status)",
-    "error": "the client got no answer (error)",
+    "error": "the client got no answer (error: timeout, refused, reset, ...)",
     "delayed": "a link held a message back (detail: how long)",
     "dropped": "a link lost a message",
     "reset": "a link reset a connection",
-    "refused": "a link refused a connection (it is down)",
     "partitioned": "a link lost a message because of a partition",
 }
 

@@ -195,7 +195,7 @@ WRONG = [
 
 
 def _state():
-    return (sorted(labkit.running()), labkit.net._loop_thread._users)
+    return (sorted(labkit.running()), labkit.open_links())
 
 
 @pytest.fixture(autouse=True)

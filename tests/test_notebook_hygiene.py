@@ -32,7 +32,7 @@ CURRENT_ENV = "labkit-current-env"
 #: Run last, in the notebook's kernel: what labkit still has running.
 REPORT = """\
 import json as _json, labkit as _labkit, labkit.net as _net
-print(_json.dumps({"servers": sorted(_labkit.running()), "links": _net._loop_thread._users}))"""
+print(_json.dumps({"servers": sorted(_labkit.running()), "links": _labkit.open_links()}))"""
 
 
 class _CurrentEnvSpecs(KernelSpecManager):
