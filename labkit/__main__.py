@@ -1,8 +1,9 @@
-"""Command line: ``python -m labkit doctor|serve|release|bench``.
+"""Command line: ``python -m labkit doctor|serve|release|grade|bench``.
 
     python -m labkit doctor                  check that servers, links and the trace work here
     python -m labkit serve chat --port 5001  run a reference service as its own process
     python -m labkit release                 write notebooks/ (student edition) from solutions/
+    python -m labkit grade SUBMISSIONS --out RESULTS   score submitted notebooks through nbval
     python -m labkit bench --json FILE       measure labkit against its baselines
 """
 
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
 
     from labkit.grading import release
     release.add_parser(commands)
+
+    from labkit.grading import grade
+    grade.add_parser(commands)
 
     from labkit import bench
     bench.add_parser(commands)

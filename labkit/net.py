@@ -204,6 +204,10 @@ class _Side(asyncio.Protocol):
 
 _EOF = None  # queued in place of bytes: the sender has finished
 
+# The event loop wakes on whole milliseconds, rounding up: a timer set for t fires
+# between t and t + 1 ms. Aiming half a millisecond early centres it on t.
+_HALF_TICK = 0.0005
+
 
 class _Pipe:
     """One caller connection proxied to the service, with the link's faults applied.
@@ -314,7 +318,7 @@ class _Pipe:
             return  # not connected yet: connected() flushes
         loop = asyncio.get_running_loop()
         queue, now = self.queues[direction], loop.time()
-        while queue and queue[0][0] <= now:
+        while queue and queue[0][0] <= now + _HALF_TICK:
             _, item = queue.popleft()
             if item is _EOF:
                 self._end(direction, side)
@@ -325,7 +329,7 @@ class _Pipe:
                 self.close()
                 return
         if queue:
-            self.timers[direction] = loop.call_at(queue[0][0], self._flush, direction)
+            self.timers[direction] = loop.call_at(queue[0][0] - _HALF_TICK, self._flush, direction)
 
     def eof(self, direction: int) -> None:
         """The side that sends ``direction`` has finished sending."""

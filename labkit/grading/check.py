@@ -474,18 +474,25 @@ def check(question: str, answer, *, diagram: bool = False, time_limit: float | N
 
         >>> labkit.check("q1.1", fetch_or_none)      # doctest: +SKIP
     """
-    trace = None
-    try:
-        line, trace = _grade(question, answer, time_limit)
-    except KeyboardInterrupt:
-        line = f"{question} not checked: interrupted."
-    except Exception as error:  # a bug in a hidden test: say so, never raise
-        log.exception("check(%r) failed", question)
-        line = (f"{question} could not be checked: the check itself failed with "
-                f"{describe_error(error)}. Please report this to the course team.")
+    line, trace = verdict(question, answer, time_limit=time_limit)
     print(line)
     if diagram and trace is not None:
         _show_diagram(trace)
+
+
+def verdict(question: str, answer, *, time_limit: float | None = None) -> tuple[str, Trace | None]:
+    """The verdict line ``check`` prints, and the trace of the failing run (None if none failed).
+
+    Never raises. The grader's guard (:mod:`labkit.grading.guard`) calls this directly.
+    """
+    try:
+        return _grade(question, answer, time_limit)
+    except KeyboardInterrupt:
+        return f"{question} not checked: interrupted.", None
+    except Exception as error:  # a bug in a hidden test: say so, never raise
+        log.exception("check(%r) failed", question)
+        return (f"{question} could not be checked: the check itself failed with "
+                f"{describe_error(error)}. Please report this to the course team."), None
 
 
 def _grade(question_id, answer, time_limit) -> tuple[str, Trace | None]:
