@@ -180,13 +180,14 @@ def _bring_into_view(page, locator, tries: int = 10) -> None:
     one scroll can land short while the cells above it grow: scroll until it holds.
     """
     height = page.viewport_size["height"]
+    last = None
     for _ in range(tries):
         locator.evaluate("element => element.scrollIntoView({block: 'center'})")
         page.wait_for_timeout(300)
         box = locator.bounding_box()
-        if box and 0 <= box["y"] and box["y"] + box["height"] <= height:
-            page.wait_for_timeout(300)  # let it paint
-            return
+        if box and last and abs(box["y"] - last["y"]) < 1 and 0.1 * height <= box["y"] <= 0.8 * height:
+            return  # in the middle of the window, and it stayed there
+        last = box
 
 
 def run_all_and_screenshot(base: str, token: str, notebook: str, profile: Path, screenshot: Path,
