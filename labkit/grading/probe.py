@@ -1,0 +1,113 @@
+"""A pytest plugin the grader loads into its nbval run (``-p labkit.grading.probe``).
+
+It writes one JSON line per notebook cell nbval ran to the file named by the
+environment variable ``LABKIT_PROBE_OUT``: the code cell's number (as nbval counts
+them), when it started and ended, nbval's outcome, what went wrong (``timeout``,
+``dead`` kernel, ``error`` raised in the cell, outputs that ``differ``), the error's
+name and value, and the end of the cell's stdout.
+
+It also makes nbval notice a dead kernel at once: nbval 0.11 waits for a reply
+until the cell's timeout even when the kernel has exited, so the kernel's
+``get_message`` is made to look every half second whether the kernel still lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from queue import Empty
+
+import pytest
+
+#: How much of a cell's stdout is kept (its end): verdict lines are short, prints may not be.
+KEEP_CHARS = 4000
+
+
+class KernelDied(RuntimeError):
+    """The notebook's kernel exited while a cell ran."""
+
+
+def _patch_nbval() -> None:
+    try:
+        from nbval.kernel import RunningKernel
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(RunningKernel.get_message, "_labkit_probe", False):
+        return
+    original = RunningKernel.get_message
+
+    def get_message(self, stream, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                return original(self, stream, timeout=step)
+            except Empty:
+                if not self.is_alive():
+                    raise KernelDied("the kernel died") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    get_message._labkit_probe = True
+    RunningKernel.get_message = get_message
+
+
+def pytest_configure(config):
+    _patch_nbval()
+
+
+_started: dict = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    _started[item.nodeid] = time.time()
+    yield
+
+
+def _kind(excinfo) -> str | None:
+    if excinfo is None:
+        return None
+    error = excinfo.value
+    text = str(error)
+    if isinstance(error, KernelDied) or "Kernel dead" in text or "kernel died" in text:
+        return "dead"
+    if "Timeout" in text:
+        return "timeout"
+    if "Cell outputs differ" in text:
+        return "differ"
+    return "error"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    cell = getattr(item, "cell_num", None)
+    path = os.environ.get("LABKIT_PROBE_OUT")
+    if cell is None or not path:
+        return
+    if call.when == "teardown" or (call.when == "setup" and report.passed):
+        return
+    outputs = getattr(item, "test_outputs", None) or []
+    stdout = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    kind = _kind(call.excinfo)
+    if kind == "error" and errors and errors[-1].get("ename") == "KeyboardInterrupt" and getattr(item.parent, "timed_out", False):
+        kind = "timeout"
+    record = {
+        "cell": cell,
+        "when": call.when,
+        "outcome": report.outcome,
+        "kind": kind,
+        "start": _started.get(item.nodeid, call.start),
+        "end": time.time(),
+        "ename": errors[-1].get("ename") if errors else None,
+        "evalue": str(errors[-1].get("evalue", ""))[:500] if errors else None,
+        "stdout_chars": len(stdout),
+        "stdout": stdout[-KEEP_CHARS:],
+        "message": str(call.excinfo.value)[:300] if call.excinfo is not None else None,
+    }
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record) + "\n")
