@@ -3,6 +3,8 @@
     python -m labkit bench                      the full run (about two minutes)
     python -m labkit bench --quick              fewer repeats (about half a minute)
     python -m labkit bench --only serve_ready_ms,link_overhead_us --json bench.json
+    python -m labkit bench --only grading_ratio,grading_speedup [--class-size N]
+                                                the grading metrics: opt-in, minutes long
 
 Each figure is measured in the same run as its baseline, in alternating rounds
 (labkit, baseline, baseline, labkit, ...) so that a busy machine slows both sides
@@ -23,6 +25,23 @@ serve_ready_ms             labkit.serve(app) until it accepts
 serve_stop_ms              server.stop()
 sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
 kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
+
+Opt-in metrics (``OPT_IN``): measured only when named with ``--only``, never by the
+default run, because grading runs notebook 01 in full once per submission (about half
+a minute each):
+
+grading_ratio              seconds per submission when ``python -m labkit grade --jobs 1``
+                           grades copies of solutions/01_client_server.ipynb, against a
+                           plain ``pytest --nbval`` run of that notebook from a copy in an
+                           empty folder (median of 2 runs, 1 with ``--quick``, taken
+                           between the grading runs)
+grading_speedup            per-submission time with ``--jobs 1`` over that with
+                           ``--jobs <cpu count>``; target 0.8 x the cpu count
+
+``--class-size N`` (default 30; 4 with ``--quick``) is the class: copies of the
+solution edition, so every hidden check runs and passes. ``--jobs <cpu count>``
+grades all N; ``--jobs 1`` grades min(N, 4) of them, since the time per submission
+is what both figures need.
 """
 
 from __future__ import annotations
@@ -43,6 +62,8 @@ import time
 import warnings
 from pathlib import Path
 
+_CPUS = os.cpu_count() or 1
+
 #: metric -> (target as text, comparison, target value, unit)
 METRICS = {
     "speedup_vs_flask_requests": (">= 1.5", ">=", 1.5, "x"),
@@ -56,7 +77,16 @@ METRICS = {
     "serve_stop_ms": ("<= 60", "<=", 60.0, "ms"),
     "sequence_2000_s": ("<= 1", "<=", 1.0, "s"),
     "kernel_rss_mb": ("<= 300", "<=", 300.0, "MB"),
+    "grading_ratio": ("<= 1.5", "<=", 1.5, "x"),
+    "grading_speedup": (f">= {0.8 * _CPUS:g}", ">=", 0.8 * _CPUS, "x"),
 }
+
+#: Metrics measured only when named with ``--only``: the default run leaves them out.
+OPT_IN = frozenset({"grading_ratio", "grading_speedup"})
+#: Class size for the grading metrics: the issue's class, and the one of ``--quick``.
+CLASS_SIZE, CLASS_SIZE_QUICK = 30, 4
+#: At most this many submissions are graded with ``--jobs 1``.
+SERIAL_SUBMISSIONS = 4
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,8 +96,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class _Plan:
     """How many repeats: ``quick`` trades precision for time."""
 
-    def __init__(self, quick: bool):
+    def __init__(self, quick: bool, class_size: int | None = None):
         self.quick = quick
+        self.class_size = class_size or (CLASS_SIZE_QUICK if quick else CLASS_SIZE)
 
     def __call__(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -591,6 +622,149 @@ def bench_kernel(plan: _Plan, keys: set) -> dict:
         f"{now_mb:.0f} MB; {errors} cell(s) raised; ran in {time.perf_counter() - started:.1f} s")}
 
 
+# -- grading (opt-in) ---------------------------------------------------------
+
+_NOTEBOOK_01 = "01_client_server"
+
+
+@contextlib.contextmanager
+def _scratch(prefix: str):
+    """A temporary folder, removed afterwards whatever happened."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plain_nbval(notebook: Path, cell_timeout: float, limit_s: float) -> float:
+    """Seconds of one ``python -m pytest --nbval`` run of ``notebook``, from a copy in a folder of its own.
+
+    The folder holds an empty pytest.ini, so the repo's pytest configuration (testpaths,
+    addopts) plays no part. Every process of the run is killed afterwards.
+    """
+    import shutil
+    import uuid
+
+    from labkit.grading import grade
+
+    with _scratch("labkit-bench-nbval-") as folder:
+        (folder / "pytest.ini").write_text("[pytest]\n")
+        copy = folder / notebook.name
+        shutil.copyfile(notebook, copy)
+        token = uuid.uuid4().hex  # grade._kill_run sweeps up whatever carries it
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LABKIT_", "JPY_"))}
+        env.update(LABKIT_GRADE_RUN=token,
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        command = [sys.executable, "-m", "pytest", "-c", str(folder / "pytest.ini"), "--rootdir", str(folder),
+                   "-p", "no:cacheprovider", "--nbval", "--nbval-current-env",
+                   f"--nbval-cell-timeout={cell_timeout:g}", "-q", "--tb=line", "--color=no", copy.name]
+        with open(folder / "pytest.log", "wb+") as log:
+            started = time.perf_counter()
+            process = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = process.wait(timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                seconds = time.perf_counter() - started
+                grade._kill_run(token, process)
+            if code != 0:
+                log.seek(0)
+                tail = " | ".join(log.read().decode("utf-8", "replace").strip().splitlines()[-3:])
+                raise RuntimeError(f"plain nbval run of {notebook.name} "
+                                   f"{'timed out' if code is None else f'exited {code}'}: {tail}")
+    return seconds
+
+
+def bench_grading(plan: _Plan, keys: set) -> dict:
+    """grading_ratio and grading_speedup: grading a class of copies of solutions/01_client_server.ipynb."""
+    import shutil
+
+    from labkit.grading import grade
+
+    solutions = ROOT / "solutions"
+    notebook = solutions / f"{_NOTEBOOK_01}.ipynb"
+    if not notebook.exists():
+        return {key: _not_measured(key, f"{notebook.relative_to(ROOT)} does not exist") for key in keys}
+    size = plan.class_size
+    serial = min(size, SERIAL_SUBMISSIONS)
+    jobs = _CPUS
+    options = grade.Options(expect=_NOTEBOOK_01)
+    n_questions = len(grade.load_solutions(solutions)[_NOTEBOOK_01].questions)
+    outcomes = {"full marks": 0, "graded": 0, "runs": []}
+
+    def grade_class(paths, jobs_: int) -> tuple[float, list[float]]:
+        """(wall-clock seconds, seconds at which each submission finished) for grading ``paths``."""
+        finished = []
+        started = time.perf_counter()
+        records = grade.grade(paths, solutions=solutions, jobs=jobs_, options=options,
+                              progress=lambda *args: finished.append(time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        outcomes["runs"].append(f"{len(paths)} with --jobs {jobs_}")
+        by_submission: dict[str, list] = {}
+        for record in records:
+            by_submission.setdefault(record.submission, []).append(record)
+        for rs in by_submission.values():
+            outcomes["graded"] += 1
+            outcomes["full marks"] += len(rs) == n_questions and all(r.passed for r in rs)
+        return seconds, finished
+
+    with _scratch("labkit-bench-class-") as folder:
+        paths = []
+        for number in range(1, size + 1):
+            path = folder / f"student{number:02d}" / f"{_NOTEBOOK_01}.ipynb"
+            path.parent.mkdir()
+            shutil.copyfile(notebook, path)
+            paths.append(path)
+        # Alternating: half the serial submissions, the baseline, the other half, and (not
+        # quick) the baseline again, so both sides share the machine's state; the first
+        # grading run pays for the cold caches, which counts against the grader.
+        first = paths[:max(1, serial // 2)]
+        second = paths[len(first):serial]
+        serial_s, finished, baseline = 0.0, [], []
+        for step in (first, "baseline", second, "baseline"):
+            if step == "baseline":
+                if "grading_ratio" in keys and (not baseline or not plan.quick):
+                    baseline.append(_plain_nbval(notebook, options.cell_timeout, options.time_limit))
+            elif step:
+                seconds, ends = grade_class(step, 1)
+                finished.extend(serial_s + end for end in ends)
+                serial_s += seconds
+        per_serial = serial_s / serial
+        spans = [b - a for a, b in zip([0.0] + finished[:-1], finished)]
+        results = {}
+        if "grading_ratio" in keys:
+            plain = _median(baseline)
+            results["grading_ratio"] = _entry(
+                "grading_ratio", per_serial / plain, plain,
+                f"grade --jobs 1 on {serial} of a class of {size} copies of solutions/{_NOTEBOOK_01}.ipynb "
+                f"(every hidden check runs): {per_serial:.1f} s per submission ({serial_s:.1f} s in all; "
+                f"each {min(spans):.1f}-{max(spans):.1f} s, including the grader's own overhead), against "
+                f"the median of {len(baseline)} plain run(s) of python -m pytest --nbval --nbval-current-env "
+                f"on that notebook from a copy in an empty folder ({', '.join(f'{b:.1f}' for b in baseline)} s), "
+                f"alternating with the grading runs; baseline in s")
+        if "grading_speedup" in keys:
+            parallel_s, _ = grade_class(paths, jobs)
+            per_parallel = parallel_s / size
+            results["grading_speedup"] = _entry(
+                "grading_speedup", per_serial / per_parallel, per_serial,
+                f"grade --jobs {jobs} on all {size} submissions: {parallel_s:.1f} s, {per_parallel:.1f} s per "
+                f"submission, against --jobs 1 on {serial} of them: {per_serial:.1f} s per submission "
+                f"(value = the ratio of the two per-submission times, i.e. of the throughputs"
+                f"{f'; the last of its rounds grades only {size % jobs}' if size % jobs else ''}); "
+                f"{_CPUS} CPUs; baseline = --jobs 1 s per submission")
+    note = (f"; {outcomes['full marks']}/{outcomes['graded']} gradings ({', '.join(outcomes['runs'])}) "
+            f"scored full marks ({n_questions} questions)")
+    for entry in results.values():
+        entry["note"] += note
+    return results
+
+
 #: metric -> the function that measures it (some measure several metrics in one run)
 _BENCHES = {
     "speedup_vs_flask_requests": bench_round_trip,
@@ -604,16 +778,32 @@ _BENCHES = {
     "serve_stop_ms": bench_serve,
     "sequence_2000_s": bench_sequence,
     "kernel_rss_mb": bench_kernel,
+    "grading_ratio": bench_grading,
+    "grading_speedup": bench_grading,
 }
 
 
-def run(keys=None, *, quick: bool = False) -> dict:
-    """Measure ``keys`` (default: every metric); return the report as a dict."""
-    keys = list(METRICS) if not keys else list(keys)
+def selected(keys=None, class_size: int | None = None) -> list[str]:
+    """The metrics a run measures: ``keys`` checked, or by default every metric but the opt-in ones."""
+    keys = [key for key in METRICS if key not in OPT_IN] if not keys else list(dict.fromkeys(keys))
     unknown = [key for key in keys if key not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    plan = _Plan(quick)
+    if class_size is not None:
+        if class_size < 1:
+            raise ValueError(f"--class-size must be at least 1, not {class_size}")
+        if not OPT_IN & set(keys):
+            raise ValueError(f"--class-size applies only to {', '.join(sorted(OPT_IN))}; name them with --only")
+    return keys
+
+
+def run(keys=None, *, quick: bool = False, class_size: int | None = None) -> dict:
+    """Measure ``keys`` (default: every metric but the opt-in ones); return the report as a dict.
+
+    ``class_size`` is the class the grading metrics grade (default 30, or 4 when quick).
+    """
+    keys = selected(keys, class_size)
+    plan = _Plan(quick, class_size)
     wanted = set(keys)
     results: dict[str, dict] = {}
     started = time.perf_counter()
@@ -635,6 +825,7 @@ def run(keys=None, *, quick: bool = False) -> dict:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
         "quick": quick,
+        **({"class_size": plan.class_size} if OPT_IN & wanted else {}),
         "seconds": round(time.perf_counter() - started, 1),
         **{key: results[key] for key in keys},
     }
@@ -663,13 +854,18 @@ def table(report: dict) -> str:
     machine = report["machine"]
     lines.append(f"\n{machine['cpu_count']} CPUs, Python {machine['python']}, {report['date']}, "
                  f"{report['seconds']} s{' (quick)' if report['quick'] else ''}; notes in the JSON")
+    if "class_size" in report:
+        lines.append(f"grading metrics: a class of {report['class_size']} copies of solutions/{_NOTEBOOK_01}.ipynb")
+    else:
+        lines.append(f"grading metrics ({', '.join(key for key in METRICS if key in OPT_IN)}) are opt-in: "
+                     f"--only {','.join(key for key in METRICS if key in OPT_IN)} [--class-size N]")
     return "\n".join(lines)
 
 
 def main(args) -> int:
     keys = [key.strip() for key in (args.only or "").split(",") if key.strip()]
     try:
-        report = run(keys, quick=args.quick)
+        report = run(keys, quick=args.quick, class_size=getattr(args, "class_size", None))
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -686,5 +882,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about half a minute)")
     parser.add_argument("--only", metavar="KEYS",
-                        help=f"comma-separated metrics to measure (default: all): {', '.join(METRICS)}")
+                        help=f"comma-separated metrics to measure (default: all but the opt-in "
+                             f"{', '.join(key for key in METRICS if key in OPT_IN)}): {', '.join(METRICS)}")
+    parser.add_argument("--class-size", type=int, metavar="N", default=None,
+                        help=f"submissions the grading metrics grade (default {CLASS_SIZE}; "
+                             f"{CLASS_SIZE_QUICK} with --quick); --jobs 1 grades min(N, {SERIAL_SUBMISSIONS}) of them")
     parser.set_defaults(run=main)

@@ -39,3 +39,23 @@ def test_bench_rejects_an_unknown_metric():
     )
     assert done.returncode == 2
     assert "no_such_metric" in done.stderr
+
+
+def test_grading_metrics_are_opt_in_and_accepted_by_the_parser():
+    """Listed and parsed, never run here: grading a class takes minutes (grading is tested elsewhere)."""
+    import argparse
+
+    from labkit import bench
+
+    assert {"grading_ratio", "grading_speedup"} <= set(bench.METRICS)
+    assert bench.OPT_IN == {"grading_ratio", "grading_speedup"}
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--quick", "--only", "grading_ratio", "--class-size", "3"])
+    assert (args.only, args.class_size, args.quick) == ("grading_ratio", 3, True)
+    assert bench.selected(["grading_ratio", "grading_speedup"], class_size=3) == ["grading_ratio", "grading_speedup"]
+    # The default run leaves them out, and its table says how to ask for them.
+    default = bench.selected()
+    assert not bench.OPT_IN & set(default) and set(default) | bench.OPT_IN == set(bench.METRICS)
+    report = {"machine": {"cpu_count": 2, "python": "3", "date": ""}, "date": "today", "quick": True, "seconds": 1.0}
+    assert "--only grading_ratio,grading_speedup" in bench.table(report)
