@@ -17,6 +17,8 @@ def doctor(args) -> int:
     """Serve, call directly and through a faulty link, and report what happened."""
     import platform
 
+    import requests
+
     import labkit
     from labkit.apps import create
 
@@ -30,7 +32,7 @@ def doctor(args) -> int:
         link.down = True
         try:
             client.get(link.url + "/hello")
-        except labkit.client.requests.ConnectionError as exc:
+        except requests.ConnectionError as exc:
             print("link down:", labkit.client.describe(exc))
     print(f"{len(log)} events traced; everything works.")
     return 0
