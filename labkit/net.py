@@ -405,10 +405,9 @@ class Link:
     """
 
     def __init__(self, target, *, seed: int | str = 0, trace: _trace.Trace | None = None,
-                 _src: str | None = None, **settings):
+                 **settings):
         self.target = _address(target)
         self.dst = _trace.name_for(*self.target)
-        self.src = _src
         self.trace = _trace.default if trace is None else trace
         self._settings = _validated(Settings(), settings)
         self._lock = threading.Lock()       # guards the settings and the random numbers
@@ -485,11 +484,8 @@ class Link:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _listen(self) -> None:
-        async def start():
-            return await self._loop.create_server(
-                lambda: _Pipe(self).caller, "127.0.0.1", self.port, reuse_address=True, backlog=1024)
         try:
-            self._listener = self._loop_thread_run(start())
+            self._loop_thread_run(self._go_up())
         except OSError as exc:
             raise LinkError(f"the link cannot listen on 127.0.0.1:{self.port}: {exc.strerror}") from exc
         self.port = self._listener.sockets[0].getsockname()[1]
@@ -584,7 +580,7 @@ class Network:
         dst = _trace.name_for(*_address(target))
         if (src, dst) in self.links and not self.links[(src, dst)].closed:
             raise LinkError(f"the network already has a link from {src!r} to {dst!r}: net.links[({src!r}, {dst!r})]")
-        link = Link(target, seed=f"{self.seed}:{src}->{dst}", trace=self.trace, _src=src, **settings)
+        link = Link(target, seed=f"{self.seed}:{src}->{dst}", trace=self.trace, **settings)
         self.links[(src, dst)] = link
         link.cut = self._separated(src, dst)
         return link
