@@ -35,6 +35,12 @@ Fixtures
 ``make_app``
     The app builder itself, for tests that want an app without serving it.
 
+``database_url``
+    A SQLAlchemy URL of a new, empty database, once per backend: a SQLite file in
+    the test's temporary folder, and a PostgreSQL database created for the test
+    and dropped after it. PostgreSQL runs where ``LABKIT_TEST_POSTGRES_URL`` names
+    a server (``.ci/run`` starts one on 127.0.0.1); elsewhere that half is skipped.
+
 Keep every network call bounded: pass a short ``timeout`` to clients (there is
 no pytest-timeout here), and talk only to 127.0.0.1.
 """
@@ -42,7 +48,9 @@ no pytest-timeout here), and talk only to 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import uuid
 import threading
 import time
 
@@ -159,3 +167,30 @@ def lab(trace):
 @pytest.fixture(name="make_app")
 def make_app_fixture():
     return make_app
+
+
+#: A PostgreSQL server the tests may create databases on (``.ci/run`` sets it).
+POSTGRES_ENV = "LABKIT_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
+        return
+    server = os.environ.get(POSTGRES_ENV)
+    if not server:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} to a URL such as "
+                    f"postgresql+psycopg://labkit:labkit@127.0.0.1:5432/postgres (.ci/run does)")
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    name = f"labkit_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.dispose()

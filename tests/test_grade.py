@@ -5,10 +5,11 @@ Grading one notebook costs a kernel and a run of the notebook (about 13 s for 00
 (module fixture ``graded``), several at a time, and each submission carries wrong or
 hostile answers for DIFFERENT questions at once. The tests below only read the results.
 
-The wrong answers come from the catalogue in tests/test_check.py (``WRONG``): the
-first two per question go through the grader here (set LABKIT_GRADE_ALL_WRONG=1 to
-send all of them). Convention: every new exercise adds its wrong answers to ``WRONG``,
-and they are graded here too.
+The wrong answers come from the catalogue in tests/answers/ (``WRONG``): the first
+two per question of notebooks 00 and 01 go through the grader here (set
+LABKIT_GRADE_ALL_WRONG=1 to send all of them); the grader's path is the same for every
+notebook, and tests/test_check.py checks every notebook's wrong answers with
+``labkit.check``, whose verdict is the grader's message (tested below).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pytest
 from labkit.grading import grade, release
 from labkit.grading.check import not_attempted_line, passed_line, questions
 
-from test_check import SOLUTIONS as SOLUTION_FUNCTIONS, WRONG
+from answers import SOLUTIONS as SOLUTION_FUNCTIONS, WRONG
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -350,7 +351,10 @@ def test_the_student_edition_scores_zero_not_attempted(graded):
 
 
 def test_every_question_of_the_workbook_is_graded(graded):
-    assert set(graded["by"]["solution-00.ipynb"]) | set(graded["by"]["solution-01.ipynb"]) == set(questions())
+    known = grade.load_solutions(SOLUTIONS)
+    assert sorted(q for s in known.values() for q in s.questions) == sorted(questions())
+    for filename, notebook in (("solution-00.ipynb", NB00), ("solution-01.ipynb", NB01)):
+        assert sorted(graded["by"][filename]) == sorted(known[notebook].questions)
 
 
 # -- wrong answers: the verdict is the one labkit.check gives in the notebook -----------------------

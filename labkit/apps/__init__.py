@@ -1,18 +1,16 @@
 """The reference services the notebooks run: ordinary Flask apps on labkit's core.
 
-Each module has a ``create_app()`` factory; :func:`create` makes one by name,
-which is what ``python -m labkit serve NAME`` uses.
+Each module here is one service, named for it, with a ``create_app(**options)``
+factory; :func:`create` makes one by name, which is what
+``python -m labkit serve NAME`` uses.
 """
 
 import importlib
+import pkgutil
 
-#: Service name -> module that defines ``create_app``.
-SERVICES = {
-    "hello": "labkit.apps.hello",
-    "shop": "labkit.apps.shop",
-    "chat": "labkit.apps.chat",
-    "weather": "labkit.apps.weather",
-}
+#: Service name -> module that defines ``create_app`` (every module of this package).
+SERVICES = {m.name: f"{__name__}.{m.name}" for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+            if not m.name.startswith("_")}
 
 
 def create(name: str, **options):

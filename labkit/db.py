@@ -1,0 +1,92 @@
+"""The shared database the services use: SQLite by default, any SQLAlchemy URL otherwise.
+
+    >>> with labkit.db.Database() as db:                    # doctest: +SKIP
+    ...     with db.engine.begin() as tx:
+    ...         tx.execute(sqlalchemy.text("select 1"))
+
+With no URL (and no ``LABKIT_DATABASE_URL`` in the environment) the database is a
+SQLite file in a temporary folder of its own, removed by ``close()``. The same code
+runs on PostgreSQL by naming one: ``Database("postgresql+psycopg://user@127.0.0.1/shop")``.
+
+SQLite is made to behave like a server database for many threads: every transaction
+starts with ``BEGIN IMMEDIATE`` (it takes the write lock at once, so two transactions
+never read the same row and then both write it), and a writer waits up to
+``busy_timeout_ms`` for the lock instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import sqlalchemy
+from sqlalchemy import event
+
+#: The environment variable that names the database for every service.
+ENV = "LABKIT_DATABASE_URL"
+
+
+class Database:
+    """One database and its connection pool (``engine``); a context manager."""
+
+    def __init__(self, url: str | None = None, *, busy_timeout_ms: int = 10_000):
+        url = url or os.environ.get(ENV)
+        self._folder = None
+        if not url:
+            self._folder = tempfile.mkdtemp(prefix="labkit-db-")
+            url = "sqlite:///" + os.path.join(self._folder, "labkit.sqlite3")
+        try:
+            self.engine = sqlalchemy.create_engine(url, **_options(url))
+        except Exception:
+            self._remove_folder()
+            raise
+        if self.engine.dialect.name == "sqlite":
+            _serialise_sqlite(self.engine, busy_timeout_ms)
+
+    @property
+    def url(self) -> str:
+        """The database's URL, password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        """Close every pooled connection; remove the temporary SQLite file, if any."""
+        self.engine.dispose()
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Database {self.engine.dialect.name}>"
+
+
+def _options(url: str) -> dict:
+    if url.startswith("sqlite"):
+        # One connection per thread that asks; served threads come and go.
+        return {"connect_args": {"check_same_thread": False}, "poolclass": sqlalchemy.pool.QueuePool,
+                "pool_size": 8, "max_overflow": 64}
+    return {"pool_size": 8, "max_overflow": 64, "pool_pre_ping": True}
+
+
+def _serialise_sqlite(engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's "begin" below decide
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

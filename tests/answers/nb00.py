@@ -1,0 +1,29 @@
+"""Answers to notebook 00: the solution, and wrong answers with the words their verdict must hold."""
+
+import requests
+
+
+def greet(client, base_url, name):
+    return client.get(base_url + "/hello", params={"name": name}).json()["message"]
+
+
+SOLUTIONS = {"q0.1": greet}
+
+
+def greet_hard_coded(client, base_url, name):
+    return f"Hello, {name}!"
+
+
+def greet_without_client(client, base_url, name):
+    return requests.get(base_url + "/hello", params={"name": name}, timeout=5).json()["message"]
+
+
+def greet_whole_body(client, base_url, name):
+    return client.get(base_url + "/hello", params={"name": name}).json()
+
+
+WRONG = [
+    ("q0.1", greet_hard_coded, ["without asking the service", "client.get("]),
+    ("q0.1", greet_without_client, ["did not come from the client you were given", "from 'client'"]),
+    ("q0.1", greet_whole_body, ["not a string", "{'message': 'Hello, Ada!'}", '.json()["message"]']),
+]
