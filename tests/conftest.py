@@ -41,6 +41,8 @@ Fixtures
     and dropped after it. PostgreSQL runs where ``LABKIT_TEST_POSTGRES_URL`` names
     a server (``.ci/run`` starts one on 127.0.0.1); elsewhere that half is skipped.
 
+The suite runs on several workers: see the conftest.py at the repo's root.
+
 Keep every network call bounded: pass a short ``timeout`` to clients (there is
 no pytest-timeout here), and talk only to 127.0.0.1.
 """

@@ -14,11 +14,13 @@ import threading
 
 from flask import Flask, jsonify, request
 
+from ._errors import json_errors
+
 MAX_WAIT_S = 30.0
 
 
 def create_app() -> Flask:
-    app = Flask("chat")
+    app = json_errors(Flask("chat"))
     messages: list[dict] = []
     news = threading.Condition()
 

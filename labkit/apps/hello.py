@@ -2,10 +2,12 @@
 
 from flask import Flask, jsonify, request
 
+from ._errors import json_errors
+
 
 def create_app() -> Flask:
     """GET /hello?name=N answers {"message": "Hello, N!"}; GET / is a small web page."""
-    app = Flask("hello")
+    app = json_errors(Flask("hello"))
 
     @app.get("/")
     def page():

@@ -14,6 +14,8 @@ import threading
 
 from flask import Flask, jsonify, request
 
+from ._errors import json_errors
+
 
 def _orders(count: int, seed: int) -> dict[int, dict]:
     rng = random.Random(seed)
@@ -30,7 +32,7 @@ def _orders(count: int, seed: int) -> dict[int, dict]:
 
 def create_app(orders: int = 50, seed: int = 0) -> Flask:
     """A shop with ``orders`` made-up orders."""
-    app = Flask("shop")
+    app = json_errors(Flask("shop"))
     data = _orders(orders, seed)
     visits = itertools.count(1)
     lock = threading.Lock()

@@ -12,11 +12,13 @@ import zlib
 
 from flask import Flask, jsonify, request
 
+from ._errors import json_errors
+
 _SKIES = ["sunny", "cloudy", "rain", "snow", "fog", "wind"]
 
 
 def create_app() -> Flask:
-    app = Flask("weather")
+    app = json_errors(Flask("weather"))
 
     @app.get("/forecast")
     def forecast():
@@ -29,9 +31,5 @@ def create_app() -> Flask:
     @app.get("/broken")
     def broken():
         return jsonify(error="the forecast model is being updated; try again later"), 503
-
-    @app.errorhandler(404)
-    def not_found(error):
-        return jsonify(error=f"no such page: {request.path}"), 404
 
     return app

@@ -1,0 +1,20 @@
+"""Running the suite in parallel, for every test path (tests/, notebooks/, solutions/).
+
+pytest-xdist spreads tests over workers (``-n`` in pyproject.toml) with ``--dist
+loadgroup``: one by one, except tests of one group, which share a worker. Each
+notebook is a group, since nbval runs its cells in order in one kernel; so is each
+module in ``ONE_WORKER``, whose module-scoped fixture (a grading run, a fresh
+virtual environment) is too expensive to build on every worker.
+"""
+
+import pytest
+
+#: Test modules whose tests must share one worker.
+ONE_WORKER = {"test_grade.py", "test_binder.py"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.suffix == ".ipynb" or item.path.name in ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(str(item.path)))
