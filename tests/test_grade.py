@@ -31,7 +31,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit.grading import grade, release
+import labkit
+from labkit.grading import grade, release, sandbox
 from labkit.grading.check import not_attempted_line, passed_line, questions
 
 from answers import SOLUTIONS as SOLUTION_FUNCTIONS, WRONG
@@ -173,8 +174,9 @@ SWALLOWS_INTERRUPTS = IMPORTS + '''while True:
 MEGABYTES_AT_TOP = "print('y' * 3_000_000)\n"
 
 
-def mess_source(port: int, marker: str) -> str:
-    """Starts servers and a detached process, binds a port, writes files in ~, TMPDIR and the cwd; never cleans up."""
+def mess_source(port: int, marker: str, host_port: int) -> str:
+    """Starts servers and a detached process, binds a port, writes files in ~, TMPDIR, the cwd, /tmp and the
+    workbook's labkit package, and calls a port of the grading machine; never cleans up."""
     return f'''
 import socket, subprocess, tempfile, pathlib
 import labkit, labkit.apps
@@ -188,6 +190,20 @@ _daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)
 pathlib.Path("~/{marker}.txt").expanduser().write_text("home")
 pathlib.Path(tempfile.gettempdir(), "{marker}.txt").write_text("tmp")
 pathlib.Path("{marker}.txt").write_text("cwd")
+''' + (ESCAPES.format(marker=marker, host_port=host_port) if sandbox.available()[0] else "")
+
+
+#: Only where runs are isolated: elsewhere these would really land in the workbook.
+ESCAPES = '''
+for _path in ("/tmp/{marker}.txt", pathlib.Path(labkit.__file__).parent / "{marker}.py"):
+    try:
+        pathlib.Path(_path).write_text("escaped")
+    except OSError:
+        pass
+try:
+    socket.create_connection(("127.0.0.1", {host_port}), timeout=2).sendall(b"{marker}")
+except OSError:
+    pass
 '''
 
 
@@ -272,6 +288,8 @@ def graded(tmp_path_factory):
     folder = tmp_path_factory.mktemp("submissions")
     marker = f"labkit-grade-escape-{os.getpid()}"
     port = _free_port()
+    host = socket.create_server(("127.0.0.1", 0))  # a service of the grading machine
+    host.setblocking(False)
     expected = {}  # filename -> {question: (passed, [words in the message])}
 
     write(folder, "solution-00.ipynb", nbformat.read(SOLUTIONS / f"{NB00}.ipynb", as_version=4))
@@ -284,7 +302,7 @@ def graded(tmp_path_factory):
         answers = {q: source_of(q, f) for q, (f, _) in part.items()}
         if filename.startswith("wrong-0-") and notebook == NB01:
             answers["q1.2"] = MEGABYTES_AT_TOP + answers["q1.2"]
-            answers["q1.3"] = answers["q1.3"] + mess_source(port, marker)
+            answers["q1.3"] = answers["q1.3"] + mess_source(port, marker, host.getsockname()[1])
         write(folder, filename, with_answers(notebook, answers))
         expected[filename] = {q: (False, [f"{q} failed: ", *words]) for q, (_, words) in part.items()}
 
@@ -321,7 +339,7 @@ def graded(tmp_path_factory):
     for r in records + slow["records"]:
         by[Path(r.submission).name][r.question] = r
     return dict(records=records, by=by, expected=expected, progress=progress, seconds=seconds,
-                port=port, marker=marker, dirs_before=dirs_before, threads_before=threads_before,
+                port=port, marker=marker, host=host, dirs_before=dirs_before, threads_before=threads_before,
                 folder=folder)
 
 
@@ -467,6 +485,16 @@ def test_nothing_is_left_behind(graded):
         s.bind(("127.0.0.1", graded["port"]))
     extra = [t.name for t in set(threading.enumerate()) - graded["threads_before"] if t.is_alive()]
     assert extra == []
+
+
+@pytest.mark.skipif(not sandbox.available()[0], reason=f"runs are not isolated here: {sandbox.available()[1]}")
+def test_an_isolated_answer_cannot_write_the_workbook_or_reach_the_machine(graded):
+    marker, host = graded["marker"], graded["host"]
+    assert not (Path(labkit.__file__).parent / f"{marker}.py").exists(), "the answer wrote into labkit/"
+    assert not Path(f"/tmp/{marker}.txt").exists(), "the answer's file in /tmp was left behind"
+    with pytest.raises(BlockingIOError):  # nobody called the grading machine's service
+        host.accept()
+    host.close()
 
 
 def test_progress_is_reported_and_grading_runs_in_parallel(graded):

@@ -35,19 +35,22 @@ solution edition).
 A question is worth 1 point unless its check cell's metadata says otherwise:
 ``{"labkit": {"question": "q1.1", "role": "check", "points": 2}}``.
 
-What the temporary folder does and does not contain: the kernel starts there, and
-HOME, TMPDIR, TMP and TEMP point there, so files written to relative paths, to ``~`` or
-through :mod:`tempfile` land there and are deleted with it. There is no OS sandbox: an
-answer can still write to any absolute path the grading user may write to, open
-network connections, or read files. Grade as a user with nothing to lose (or in a
-container) when that matters. Processes started by the kernel are found by an
-environment variable the run sets and killed at the end; one that clears its
-environment and leaves its session escapes that sweep.
+Each run has a temporary folder: the kernel starts there, and HOME, TMPDIR, TMP and
+TEMP point there, so files written to relative paths, to ``~`` or through
+:mod:`tempfile` land there and are deleted with it. Run as root on Linux, the grader
+also isolates every run (:mod:`labkit.grading.sandbox`): a user id of its own that may
+write only that folder, a network namespace with nothing but loopback, and after the
+run every process of that user id killed and its files in /tmp swept. Elsewhere it
+says so (``python -m labkit grade`` prints why) and an answer can write wherever the
+grading user may, or open network connections: grade in a container as root when that
+matters. Either way, processes the kernel started are found by an environment variable
+the run sets and killed at the end.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -66,7 +69,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import release
+from . import release, sandbox
 from .check import passed_line, questions
 
 #: Default seconds one cell may run before nbval interrupts it.
@@ -298,7 +301,8 @@ def _matplotlib_dir() -> str | None:
 
 def run_notebook(nb, folder: Path, verdict_path: str, *, cell_timeout: float, time_limit: float) -> RunResult:
     """Run ``nb`` under nbval in ``folder`` (fresh, with an empty ``grader`` folder in it); kill everything
-    at ``time_limit``. ``verdict_path`` is the file the guard cell of ``nb`` writes verdicts to."""
+    at ``time_limit``. ``verdict_path`` is the file the guard cell of ``nb`` writes verdicts to.
+    Where :mod:`labkit.grading.sandbox` can, the run is isolated: a user id and a network of its own."""
     grader, work = folder / "grader", folder / "work"
     grader.mkdir(exist_ok=True)
     work.mkdir()
@@ -306,33 +310,41 @@ def run_notebook(nb, folder: Path, verdict_path: str, *, cell_timeout: float, ti
     notebook = work / "submission.ipynb"
     nbformat.write(nb, notebook)
     probe_path = grader / "cells.jsonl"
+    Path(verdict_path).touch()
     token = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LABKIT_", "JPY_"))}
     env.update(HOME=str(work), TMPDIR=str(work), TMP=str(work), TEMP=str(work),
                LABKIT_PROBE_OUT=str(probe_path), LABKIT_GRADE_RUN=token, PYTHONDONTWRITEBYTECODE="1")
-    mpl = _matplotlib_dir()
-    if mpl:
-        env["MPLCONFIGDIR"] = mpl
     command = [sys.executable, "-m", "pytest", "-c", str(grader / "pytest.ini"), "--rootdir", str(work),
                "-p", "no:cacheprovider", "-p", "labkit.grading.probe", "--nbval", "--nbval-current-env",
                f"--nbval-cell-timeout={cell_timeout:g}", "-q", "-rN", "--tb=no", "--color=no", notebook.name]
-    started = time.monotonic()
-    killed = False
-    with open(verdict_path, "w+", encoding="utf-8") as verdicts, open(grader / "pytest.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        with _active_lock:
-            _active[token] = process
-        try:
-            process.wait(timeout=max(1.0, time_limit))
-        except subprocess.TimeoutExpired:
-            killed = True
-        finally:
-            _kill_run(token, process)
+    isolated, _ = sandbox.available()
+    with sandbox.Lease() if isolated else contextlib.nullcontext() as lease:
+        mpl = _matplotlib_dir()
+        if lease is not None:
+            if mpl:  # the run may not read the grader's home: give it a copy of matplotlib's font cache
+                mpl = shutil.copytree(mpl, grader / "matplotlib")
+            folder.chmod(0o711)
+            lease.give(grader, work, notebook, Path(verdict_path), *grader.rglob("*"))
+            command = sandbox.wrap(lease.uid, command)
+        if mpl:
+            env["MPLCONFIGDIR"] = str(mpl)
+        started = time.monotonic()
+        killed = False
+        with open(verdict_path, encoding="utf-8") as verdicts, open(grader / "pytest.log", "wb") as log:
+            process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
             with _active_lock:
-                _active.pop(token, None)
-        verdicts.seek(0)
-        lines = [json.loads(line) for line in verdicts.read().splitlines() if _is_json(line)]
+                _active[token] = process
+            try:
+                process.wait(timeout=max(1.0, time_limit))
+            except subprocess.TimeoutExpired:
+                killed = True
+            finally:
+                _kill_run(token, process)
+                with _active_lock:
+                    _active.pop(token, None)
+            lines = [json.loads(line) for line in verdicts.read().splitlines() if _is_json(line)]
     cells = {}
     if probe_path.exists():
         for line in probe_path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -681,6 +693,9 @@ def _progress(stream):
 def main(args) -> int:
     solutions = args.solutions or default_solutions()
     options = Options(cell_timeout=args.cell_timeout, time_limit=args.time_limit, expect=args.expect, keep=args.keep)
+    isolated, why = sandbox.available()
+    if not isolated:
+        print(f"grade: runs are not isolated: {why}", file=sys.stderr)
     try:
         records = grade(args.submissions, solutions=solutions, jobs=args.jobs, options=options,
                         progress=_progress(sys.stderr))

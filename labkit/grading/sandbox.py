@@ -1,0 +1,171 @@
+"""Isolate a grading run: its own user id, its own network, nothing left behind.
+
+When the grader runs as root on Linux, each run's pytest and the kernel it starts run
+
+- as a user id of their own (one with no account and no groups): they can read the
+  workbook and write only their own folder, plus the world-writable temporary
+  folders, which are swept for the user's files after the run;
+- in a network namespace of their own that holds only a loopback interface: an
+  answer may bind any port, and reaches no service of the machine and no other machine;
+- with ``no_new_privs``, so a setuid program gives them nothing back.
+
+After the run every process of that user id is killed, wherever it went.
+
+    >>> with sandbox.Lease() as user:                   # doctest: +SKIP
+    ...     subprocess.run(sandbox.wrap(user.uid, ["python", "-c", "..."]))
+
+Elsewhere (not root, not Linux) :func:`available` says why not, and the grader runs
+without isolation. ``python -m labkit.grading.sandbox UID COMMAND...`` is the
+launcher :func:`wrap` puts in front of a command (run as root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import functools
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+#: The first user id the sandbox lends; one per run going at once, counting up.
+FIRST_UID = 61_000
+#: Folders anyone may write to: swept for the sandbox user's files after each run.
+SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+_CLONE_NEWNET = 0x40000000
+_PR_SET_NO_NEW_PRIVS = 38
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+_lent: set[int] = set()
+_lent_lock = threading.Lock()
+
+
+@functools.cache
+def available() -> tuple[bool, str]:
+    """(True, "") when runs can be isolated here, else (False, why not)."""
+    if not sys.platform.startswith("linux"):
+        return False, "runs are isolated only on Linux"
+    if os.geteuid() != 0:
+        return False, "runs are isolated only when the grader runs as root (in a container, say)"
+    probe = subprocess.run(wrap(FIRST_UID - 1, [sys.executable, "-c", "import labkit, nbval"]),
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        return False, f"an isolated user cannot run this Python and labkit ({last}); make them world-readable"
+    return True, ""
+
+
+def wrap(uid: int, command: list[str]) -> list[str]:
+    """``command`` as it runs isolated as ``uid`` (through this module's launcher)."""
+    return [sys.executable, "-m", __name__, str(uid), *command]
+
+
+class Lease:
+    """A user id lent to one run; on exit its processes are killed and its files swept."""
+
+    def __init__(self):
+        with _lent_lock:
+            self.uid = next(u for u in range(FIRST_UID, FIRST_UID + 10_000) if u not in _lent)
+            _lent.add(self.uid)
+        clean(self.uid)  # a run that crashed earlier may have left something
+
+    def give(self, *paths: Path) -> None:
+        """Make ``paths`` (folders or files the grader made) the sandbox user's own."""
+        for path in paths:
+            os.chown(path, self.uid, self.uid)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        clean(self.uid)
+        with _lent_lock:
+            _lent.discard(self.uid)
+
+
+def clean(uid: int) -> None:
+    """Kill every process of ``uid`` and remove its files from the shared temporary folders."""
+    for _ in range(50):
+        pids = processes_of(uid)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    for folder in SHARED_TEMP:
+        _sweep(Path(folder), uid)
+
+
+def processes_of(uid: int) -> list[int]:
+    """Pids of the processes whose real or effective user id is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:
+                continue
+            uids = next((line.split()[1:3] for line in status.splitlines() if line.startswith("Uid:")), [])
+            if str(uid) in uids:
+                found.append(int(entry))
+    return found
+
+
+def _sweep(folder: Path, uid: int) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if info.st_uid == uid:
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        elif stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+            _sweep(Path(entry.path), uid)  # another world-writable folder: its files may be there too
+
+
+# -- the launcher, run as root in front of the isolated command ---------------------------------
+
+
+def _bring_loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(s, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
+
+
+def _launch(uid: int, command: list[str]) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed: the grader needs root")
+    _bring_loopback_up()
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or not sys.argv[1].isdigit():
+        sys.exit("usage: python -m labkit.grading.sandbox UID COMMAND [ARGS...]  (as root)")
+    _launch(int(sys.argv[1]), sys.argv[2:])
