@@ -211,15 +211,22 @@ def _traced(app, name: str, log_to: _trace.Trace):
     return traced_app
 
 
+#: The key of ``app.extensions`` that lists what to call when the app's server stops.
+ON_STOP = "labkit_on_stop"
+
+
 class Server:
     """A running server: ``url``, ``name``, ``stop()``; a context manager.
 
-    Make one with :func:`serve`.
+    Make one with :func:`serve`. An app with threads or clients of its own (gossip,
+    heartbeats) lists what stops them in ``app.extensions["labkit_on_stop"]``: the
+    server calls each after it has stopped serving.
     """
 
     def __init__(self, app, name: str, trace: _trace.Trace):
         self.name = name
         self.trace = trace
+        self._on_stop = list(getattr(app, "extensions", {}).get(ON_STOP, ()))
         self._httpd = _Server(_traced(app, name, trace))
         self.port = self._httpd.server_port
         self._url = f"http://127.0.0.1:{self.port}"
@@ -282,6 +289,11 @@ class Server:
             self._thread.join(timeout)
         self._httpd.server_close()
         self._httpd.close_connections(timeout)
+        for hook in self._on_stop:
+            try:
+                hook()
+            except Exception:
+                log.exception("an on-stop hook of server %r failed", self.name)
         self._wake_r.close()
         self._wake_w.close()
         _trace.forget_name(("127.0.0.1", self.port))

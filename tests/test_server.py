@@ -335,3 +335,19 @@ def test_browser_url_on_jupyterhub_goes_through_the_proxy(lab, monkeypatch, pref
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", prefix)
     server = lab.serve(lab.app())
     assert server.browser_url == f"/user/ada/proxy/{server.port}/"
+
+
+def test_stop_calls_the_apps_on_stop_hooks_once_serving_has_ended(lab, make_app):
+    app = make_app("hooked")
+    calls = []
+    server = lab.serve(app)
+    app.extensions[labkit.server.ON_STOP] = []  # read when served: a hook added later is not called
+    hooked = make_app("hooked2")
+    hooked.extensions[labkit.server.ON_STOP] = [lambda: calls.append(server2.running), lambda: 1 / 0,
+                                                lambda: calls.append("after a failing hook")]
+    server2 = lab.serve(hooked)
+    server.stop()
+    assert calls == []
+    server2.stop()
+    server2.stop()
+    assert calls == [False, "after a failing hook"]
