@@ -1,191 +1,23 @@
-"""Benchmark: how labkit compares with what a student would otherwise use.
-
-    python -m labkit bench                      the full run (about two minutes)
-    python -m labkit bench --quick              fewer repeats (about half a minute)
-    python -m labkit bench --only serve_ready_ms,link_overhead_us --json bench.json
-    python -m labkit bench --only grading_ratio,grading_speedup [--class-size N]
-                                                the grading metrics: opt-in, minutes long
-
-Each figure is measured in the same run as its baseline, in alternating rounds
-(labkit, baseline, baseline, labkit, ...) so that a busy machine slows both sides
-alike, and is reported as a median. Every server binds 127.0.0.1 at a port the
-system picks, every server, link, client and thread started here is stopped, and
-nothing is printed but the final table.
-
-The metrics (``METRICS`` lists them with their targets):
-
-speedup_vs_flask_requests  labkit server + Client + trace against Flask's development
-                           server and a plain ``requests.get`` (p50 of a GET)
-ratio_vs_raw_tcp           labkit's GET against a raw TCP echo round trip
-link_overhead_us           what a Link without faults adds to a round trip
-latency_error_p50/p99_ms   how far a 50 ms-each-way Link is from 100 ms extra
-link_throughput_ratio      200 concurrent clients through a Link against direct
-import_ratio               ``import labkit`` against ``import flask, requests``
-serve_ready_ms             labkit.serve(app) until it accepts
-serve_stop_ms              server.stop()
-sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
-kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
-
-Opt-in metrics (``OPT_IN``): measured only when named with ``--only``, never by the
-default run, because grading runs notebook 01 in full once per submission (about half
-a minute each):
-
-grading_ratio              seconds per submission when ``python -m labkit grade --jobs 1``
-                           grades copies of solutions/01_client_server.ipynb, against a
-                           plain ``pytest --nbval`` run of that notebook from a copy in an
-                           empty folder (median of 2 runs, 1 with ``--quick``, taken
-                           between the grading runs)
-grading_speedup            per-submission time with ``--jobs 1`` over that with
-                           ``--jobs <cpu count>``; target 0.8 x the cpu count
-
-``--class-size N`` (default 30; 4 with ``--quick``) is the class: copies of the
-solution edition, so every hidden check runs and passes. ``--jobs <cpu count>``
-grades all N; ``--jobs 1`` grades min(N, 4) of them, since the time per submission
-is what both figures need.
-"""
+"""labkit's own figures: its server, client, links, plots, kernel and grader against their baselines."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
 import json
-import logging
 import os
-import platform
 import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
-_CPUS = os.cpu_count() or 1
+from .tools import (CLASS_SIZE, CLASS_SIZE_QUICK, CPUS, ROOT, Plan, alternate, entry, measures, median,
+                    not_measured, percentile, timed)
 
-#: metric -> (comparison, target value, unit)
-METRICS = {
-    "speedup_vs_flask_requests": (">=", 1.5, "x"),
-    "ratio_vs_raw_tcp": ("<=", 12.0, "x"),
-    "link_overhead_us": ("<=", 100.0, "us"),
-    "latency_error_p50_ms": ("<=", 2.0, "ms"),
-    "latency_error_p99_ms": ("<=", 5.0, "ms"),
-    "link_throughput_ratio": (">=", 0.8, "x"),
-    "import_ratio": ("<=", 1.4, "x"),
-    "serve_ready_ms": ("<=", 10.0, "ms"),
-    "serve_stop_ms": ("<=", 60.0, "ms"),
-    "sequence_2000_s": ("<=", 1.0, "s"),
-    "kernel_rss_mb": ("<=", 300.0, "MB"),
-    "grading_ratio": ("<=", 1.5, "x"),
-    "grading_speedup": (">=", 0.8 * _CPUS, "x"),
-}
-
-#: Metrics measured only when named with ``--only``: the default run leaves them out.
-OPT_IN = frozenset({"grading_ratio", "grading_speedup"})
-#: Class size for the grading metrics: the issue's class, and the one of ``--quick``.
-CLASS_SIZE, CLASS_SIZE_QUICK = 30, 4
 #: At most this many submissions are graded with ``--jobs 1``.
 SERIAL_SUBMISSIONS = 4
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-# -- small tools --------------------------------------------------------------
-
-class _Plan:
-    """How many repeats: ``quick`` trades precision for time."""
-
-    def __init__(self, quick: bool, class_size: int | None = None):
-        self.quick = quick
-        self.class_size = class_size or (CLASS_SIZE_QUICK if quick else CLASS_SIZE)
-
-    def __call__(self, full: int, quick: int) -> int:
-        return quick if self.quick else full
-
-
-def _median(values) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _percentile(values, p: float) -> float:
-    """The p-th percentile (0-100) by linear interpolation between ranks."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = (len(ordered) - 1) * p / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-def _timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
-
-
-def _alternate(sides: dict, rounds: int, per_round: int, budget_s: float) -> dict:
-    """Time each side's call ``per_round`` times a round, the sides alternating.
-
-    The order of the sides flips every round, so neither always runs first.
-    Stops early (after at least two rounds) when ``budget_s`` seconds are spent.
-    Returns side -> list of seconds.
-    """
-    names = list(sides)
-    samples = {name: [] for name in names}
-    deadline = time.monotonic() + budget_s
-    for round_ in range(rounds):
-        for name in names if round_ % 2 == 0 else reversed(names):
-            call = sides[name]
-            samples[name].extend(_timed(call) for _ in range(per_round))
-        if round_ >= 1 and time.monotonic() > deadline:
-            break
-    return samples
-
-
-def _entry(key: str, value, baseline=None, note: str = "") -> dict:
-    op, limit, unit = METRICS[key]
-    target = f"{op} {limit:g}"
-    measured = isinstance(value, (int, float)) and value == value
-    if measured:
-        met = value >= limit if op == ">=" else value <= limit
-    else:
-        met = False
-    return {
-        "value": round(value, 4) if measured else None,
-        "baseline": round(baseline, 4) if isinstance(baseline, (int, float)) else baseline,
-        "target": target,
-        "met": bool(met),
-        "unit": unit,
-        "note": note,
-    }
-
-
-def _not_measured(key: str, why: str) -> dict:
-    return _entry(key, None, None, f"not measured: {why}")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """No warnings and no stray log lines while measuring."""
-    werkzeug_log = logging.getLogger("werkzeug")
-    saved = werkzeug_log.level, list(werkzeug_log.handlers), werkzeug_log.propagate
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # werkzeug logs each request at INFO and adds a stderr handler when the
-        # logger has none: a NullHandler takes the records and shows nothing, so
-        # the development server still does its usual work per request.
-        werkzeug_log.handlers[:] = [logging.NullHandler()]
-        werkzeug_log.propagate = False
-        if werkzeug_log.level == logging.NOTSET:
-            werkzeug_log.setLevel(logging.INFO)
-        try:
-            yield
-        finally:
-            werkzeug_log.setLevel(saved[0])
-            werkzeug_log.handlers[:] = saved[1]
-            werkzeug_log.propagate = saved[2]
 
 
 def _hello_app():
@@ -250,7 +82,8 @@ def _echo_server():
 
 # -- the measurements ---------------------------------------------------------
 
-def bench_round_trip(plan: _Plan, keys: set) -> dict:
+@measures(("speedup_vs_flask_requests", ">=", 1.5, "x"), ("ratio_vs_raw_tcp", "<=", 12.0, "x"))
+def bench_round_trip(plan: Plan, keys: set) -> dict:
     """speedup_vs_flask_requests and ratio_vs_raw_tcp, from one alternating run."""
     import requests
 
@@ -279,25 +112,27 @@ def bench_round_trip(plan: _Plan, keys: set) -> dict:
         for call in sides.values():  # warm up: imports, first connections, caches
             for _ in range(20):
                 call()
-        samples = _alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(25, 4))
-    p50 = {name: _median(times) for name, times in samples.items()}
+        samples = alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(25, 4))
+    p50 = {name: median(times) for name, times in samples.items()}
     count = len(samples["labkit"])
     results = {}
     if "speedup_vs_flask_requests" in keys:
-        results["speedup_vs_flask_requests"] = _entry(
+        results["speedup_vs_flask_requests"] = entry(
             "speedup_vs_flask_requests", p50["flask"] / p50["labkit"], p50["flask"] * 1e6,
             f"p50 GET /hello: labkit {p50['labkit'] * 1e6:.0f} us (serve + Client + trace, "
             f"one session) vs {p50['flask'] * 1e6:.0f} us (werkzeug make_server threaded + "
             f"requests.get, a new connection each); {count} calls a side, alternating; baseline in us")
     if "ratio_vs_raw_tcp" in keys:
-        results["ratio_vs_raw_tcp"] = _entry(
+        results["ratio_vs_raw_tcp"] = entry(
             "ratio_vs_raw_tcp", p50["labkit"] / p50["raw"], p50["raw"] * 1e6,
             f"p50: labkit GET {p50['labkit'] * 1e6:.0f} us vs raw TCP echo of "
             f"{len(message)} bytes {p50['raw'] * 1e6:.1f} us; {count} calls a side; baseline in us")
     return results
 
 
-def bench_link(plan: _Plan, keys: set) -> dict:
+@measures(("link_overhead_us", "<=", 100.0, "us"), ("latency_error_p50_ms", "<=", 2.0, "ms"),
+          ("latency_error_p99_ms", "<=", 5.0, "ms"))
+def bench_link(plan: Plan, keys: set) -> dict:
     """link_overhead_us and latency_error_p50_ms / _p99_ms."""
     import labkit
 
@@ -313,9 +148,9 @@ def bench_link(plan: _Plan, keys: set) -> dict:
             client.get(link_url)
         sides = {"direct": lambda: client.get(direct_url), "link": lambda: client.get(link_url)}
         if "link_overhead_us" in keys:
-            samples = _alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(20, 4))
-            direct, through = _median(samples["direct"]), _median(samples["link"])
-            results["link_overhead_us"] = _entry(
+            samples = alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(20, 4))
+            direct, through = median(samples["direct"]), median(samples["link"])
+            results["link_overhead_us"] = entry(
                 "link_overhead_us", (through - direct) * 1e6, direct * 1e6,
                 f"p50 through a Link {through * 1e6:.0f} us minus direct {direct * 1e6:.0f} us "
                 f"(same client, {len(samples['link'])} calls a side, alternating); baseline = direct p50 in us")
@@ -323,16 +158,16 @@ def bench_link(plan: _Plan, keys: set) -> dict:
             link.latency_ms = 50
             sides = {"direct": lambda: client.get(direct_url), "link": lambda: client.get(link_url)}
             client.get(link_url)
-            samples = _alternate(sides, rounds=plan(12, 4), per_round=plan(6, 5), budget_s=plan(15, 4))
-            direct = _median(samples["direct"])
+            samples = alternate(sides, rounds=plan(12, 4), per_round=plan(6, 5), budget_s=plan(15, 4))
+            direct = median(samples["direct"])
             errors = [abs(t - direct - 0.100) * 1000 for t in samples["link"]]
-            late = _median([t - direct - 0.100 for t in samples["link"]]) * 1000
+            late = median([t - direct - 0.100 for t in samples["link"]]) * 1000
             note = (f"{len(errors)} calls through a Link with latency_ms=50, each against the direct "
                     f"p50 ({direct * 1e3:.2f} ms) + 100 ms; median signed error {late:+.2f} ms")
-            results["latency_error_p50_ms"] = _entry(
-                "latency_error_p50_ms", _percentile(errors, 50), direct * 1e3, note + "; baseline = direct p50 in ms")
-            results["latency_error_p99_ms"] = _entry(
-                "latency_error_p99_ms", _percentile(errors, 99), direct * 1e3, note + "; baseline = direct p50 in ms")
+            results["latency_error_p50_ms"] = entry(
+                "latency_error_p50_ms", percentile(errors, 50), direct * 1e3, note + "; baseline = direct p50 in ms")
+            results["latency_error_p99_ms"] = entry(
+                "latency_error_p99_ms", percentile(errors, 99), direct * 1e3, note + "; baseline = direct p50 in ms")
     return {key: value for key, value in results.items() if key in keys}
 
 
@@ -381,7 +216,8 @@ def _listen_overflows() -> int:
         return 0
 
 
-def bench_throughput(plan: _Plan, keys: set) -> dict:
+@measures(("link_throughput_ratio", ">=", 0.8, "x"))
+def bench_throughput(plan: Plan, keys: set) -> dict:
     """link_throughput_ratio: 200 concurrent clients through a Link against direct."""
     import labkit
 
@@ -403,13 +239,13 @@ def bench_throughput(plan: _Plan, keys: set) -> dict:
                 overflows += overflowed
             if time.monotonic() > deadline:
                 break
-    direct, through = _median(rates["direct"]), _median(rates["link"])
-    return {"link_throughput_ratio": _entry(
+    direct, through = median(rates["direct"]), median(rates["link"])
+    return {"link_throughput_ratio": entry(
         "link_throughput_ratio", through / direct, direct,
         f"{clients} threads x {each} GETs, each thread its own Client; through a Link "
         f"{through:.0f} req/s vs direct {direct:.0f} req/s (medians of {len(rates['link'])} "
-        f"alternating runs; process CPU per call {_median(cpu['link']) * 1e6:.0f} us vs "
-        f"{_median(cpu['direct']) * 1e6:.0f} us; {failures} failed calls; {overflows} connections turned away by a full "
+        f"alternating runs; process CPU per call {median(cpu['link']) * 1e6:.0f} us vs "
+        f"{median(cpu['direct']) * 1e6:.0f} us; {failures} failed calls; {overflows} connections turned away by a full "
         f"listen queue while timed, each costing its caller a 1 s SYN retry); every client "
         f"connects once before the clock starts; clients, link and server share one process "
         f"and its GIL, so this compares CPU per request and GIL scheduling, not the network; "
@@ -419,7 +255,8 @@ def bench_throughput(plan: _Plan, keys: set) -> dict:
 _IMPORT_SNIPPET = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
 
 
-def bench_import(plan: _Plan, keys: set) -> dict:
+@measures(("import_ratio", "<=", 1.4, "x"))
+def bench_import(plan: Plan, keys: set) -> dict:
     """import_ratio: a fresh interpreter importing labkit against flask + requests."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -434,14 +271,15 @@ def bench_import(plan: _Plan, keys: set) -> dict:
     for round_ in range(plan(9, 3)):
         for side in ("labkit", "flask") if round_ % 2 == 0 else ("flask", "labkit"):
             times[side].append(import_time("labkit" if side == "labkit" else "flask, requests"))
-    labkit_s, flask_s = _median(times["labkit"]), _median(times["flask"])
-    return {"import_ratio": _entry(
+    labkit_s, flask_s = median(times["labkit"]), median(times["flask"])
+    return {"import_ratio": entry(
         "import_ratio", labkit_s / flask_s, flask_s * 1e3,
         f"median import time in a fresh interpreter: labkit {labkit_s * 1e3:.0f} ms vs flask + requests "
         f"{flask_s * 1e3:.0f} ms ({len(times['labkit'])} runs each, alternating); baseline in ms")}
 
 
-def bench_serve(plan: _Plan, keys: set) -> dict:
+@measures(("serve_ready_ms", "<=", 10.0, "ms"), ("serve_stop_ms", "<=", 60.0, "ms"))
+def bench_serve(plan: Plan, keys: set) -> dict:
     """serve_ready_ms and serve_stop_ms, beside werkzeug's make_server + serve_forever."""
     from werkzeug.serving import make_server
 
@@ -459,7 +297,7 @@ def bench_serve(plan: _Plan, keys: set) -> dict:
             try:
                 client.get(server.url + "/hello")  # the client keeps its connection open
             finally:
-                times["stop"].append(_timed(server.stop))
+                times["stop"].append(timed(server.stop))
 
     def werkzeug_cycle():
         started = time.perf_counter()
@@ -473,7 +311,7 @@ def bench_serve(plan: _Plan, keys: set) -> dict:
             server.server_close()
             thread.join(5)
 
-        times["wz_stop"].append(_timed(stop))
+        times["wz_stop"].append(timed(stop))
 
     deadline = time.monotonic() + plan(20, 6)
     for round_ in range(plan(20, 8)):
@@ -483,12 +321,12 @@ def bench_serve(plan: _Plan, keys: set) -> dict:
             break
     n = len(times["ready"])
     return {
-        "serve_ready_ms": _entry(
-            "serve_ready_ms", _median(times["ready"]) * 1e3, _median(times["wz_ready"]) * 1e3,
+        "serve_ready_ms": entry(
+            "serve_ready_ms", median(times["ready"]) * 1e3, median(times["wz_ready"]) * 1e3,
             f"median of {n}: labkit.serve(app) until it returns; baseline = werkzeug make_server "
             f"+ a serve_forever thread started, in ms"),
-        "serve_stop_ms": _entry(
-            "serve_stop_ms", _median(times["stop"]) * 1e3, _median(times["wz_stop"]) * 1e3,
+        "serve_stop_ms": entry(
+            "serve_stop_ms", median(times["stop"]) * 1e3, median(times["wz_stop"]) * 1e3,
             f"median of {n}: server.stop() after one GET from a client that is still open; "
             f"baseline = werkzeug shutdown() + server_close() + join (poll interval 0.5 s), in ms"),
     }
@@ -527,11 +365,12 @@ def _synthetic_trace(events: int):
     return labkit.Trace(log.events()[:events], start=log.start)
 
 
-def bench_sequence(plan: _Plan, keys: set) -> dict:
+@measures(("sequence_2000_s", "<=", 1.0, "s"))
+def bench_sequence(plan: Plan, keys: set) -> dict:
     """sequence_2000_s: plots.sequence on 2,000 events, then rendering the figure to PNG."""
     key = "sequence_2000_s"
     if not (ROOT / "labkit" / "plots.py").exists():
-        return {key: _not_measured(key, "labkit/plots.py does not exist yet")}
+        return {key: not_measured(key, "labkit/plots.py does not exist yet")}
     started = time.perf_counter()
     import matplotlib
 
@@ -541,7 +380,7 @@ def bench_sequence(plan: _Plan, keys: set) -> dict:
     try:
         from labkit import plots
     except Exception as exc:  # plots.py is being written: report, do not crash the bench
-        return {key: _not_measured(key, f"labkit.plots does not import ({type(exc).__name__}: {exc})")}
+        return {key: not_measured(key, f"labkit.plots does not import ({type(exc).__name__}: {exc})")}
     import_s = time.perf_counter() - started
     log = _synthetic_trace(2000)
 
@@ -555,12 +394,12 @@ def bench_sequence(plan: _Plan, keys: set) -> dict:
 
     try:
         size = draw()  # warm up: fonts, caches
-        times = [_timed(draw) for _ in range(plan(3, 1))]
+        times = [timed(draw) for _ in range(plan(3, 1))]
     except Exception as exc:
         plt.close("all")
-        return {key: _not_measured(key, f"plots.sequence failed ({type(exc).__name__}: {exc})")}
-    return {key: _entry(
-        key, _median(times), None,
+        return {key: not_measured(key, f"plots.sequence failed ({type(exc).__name__}: {exc})")}
+    return {key: entry(
+        key, median(times), None,
         f"median of {len(times)}: plots.sequence(trace) with 2,000 synthetic events "
         f"(3 clients, 3 services, drops and delays) + savefig to PNG ({size // 1024} KiB); "
         f"importing matplotlib and labkit.plots took {import_s:.2f} s more, not counted")}
@@ -577,14 +416,15 @@ _FALLBACK_CELLS = [
 ]
 
 
-def bench_kernel(plan: _Plan, keys: set) -> dict:
+@measures(("kernel_rss_mb", "<=", 300.0, "MB"))
+def bench_kernel(plan: Plan, keys: set) -> dict:
     """kernel_rss_mb: peak RSS (VmHWM) of a kernel that ran notebook 01."""
     key = "kernel_rss_mb"
     try:
         import nbformat
         from nbclient import NotebookClient
     except ImportError as exc:
-        return {key: _not_measured(key, f"nbclient is not installed ({exc})")}
+        return {key: not_measured(key, f"nbclient is not installed ({exc})")}
     path = ROOT / "solutions" / "01_client_server.ipynb"
     if path.exists():
         notebook, label = nbformat.read(str(path), as_version=4), "solutions/01_client_server.ipynb"
@@ -611,13 +451,13 @@ def bench_kernel(plan: _Plan, keys: set) -> dict:
             pid = client.km.provisioner.pid
             status = Path(f"/proc/{pid}/status").read_text()
     except Exception as exc:
-        return {key: _not_measured(key, f"the kernel did not run the notebook ({type(exc).__name__}: {exc})")}
+        return {key: not_measured(key, f"the kernel did not run the notebook ({type(exc).__name__}: {exc})")}
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     peak_mb = int(fields["VmHWM"].split()[0]) / 1024
     now_mb = int(fields["VmRSS"].split()[0]) / 1024
     errors = sum(1 for cell in notebook.cells if cell.cell_type == "code"
                  for output in cell.get("outputs", []) if output.get("output_type") == "error")
-    return {key: _entry(
+    return {key: entry(
         key, peak_mb, None,
         f"{label}: VmHWM of the ipykernel process ({sys.executable}) before shutdown; VmRSS then "
         f"{now_mb:.0f} MB; {errors} cell(s) raised; ran in {time.perf_counter() - started:.1f} s")}
@@ -625,7 +465,7 @@ def bench_kernel(plan: _Plan, keys: set) -> dict:
 
 # -- grading (opt-in) ---------------------------------------------------------
 
-_NOTEBOOK_01 = "01_client_server"
+NOTEBOOK_01 = "01_client_server"
 
 
 @contextlib.contextmanager
@@ -682,21 +522,22 @@ def _plain_nbval(notebook: Path, cell_timeout: float, limit_s: float) -> float:
     return seconds
 
 
-def bench_grading(plan: _Plan, keys: set) -> dict:
+@measures(("grading_ratio", "<=", 1.5, "x"), ("grading_speedup", ">=", 0.8 * CPUS, "x"), opt_in=True)
+def bench_grading(plan: Plan, keys: set) -> dict:
     """grading_ratio and grading_speedup: grading a class of copies of solutions/01_client_server.ipynb."""
     import shutil
 
     from labkit.grading import grade
 
     solutions = ROOT / "solutions"
-    notebook = solutions / f"{_NOTEBOOK_01}.ipynb"
+    notebook = solutions / f"{NOTEBOOK_01}.ipynb"
     if not notebook.exists():
-        return {key: _not_measured(key, f"{notebook.relative_to(ROOT)} does not exist") for key in keys}
+        return {key: not_measured(key, f"{notebook.relative_to(ROOT)} does not exist") for key in keys}
     size = plan.class_size
     serial = min(size, SERIAL_SUBMISSIONS)
-    jobs = _CPUS
-    options = grade.Options(expect=_NOTEBOOK_01)
-    n_questions = len(grade.load_solutions(solutions)[_NOTEBOOK_01].questions)
+    jobs = CPUS
+    options = grade.Options(expect=NOTEBOOK_01)
+    n_questions = len(grade.load_solutions(solutions)[NOTEBOOK_01].questions)
     outcomes = {"full marks": 0, "graded": 0, "runs": []}
 
     def grade_class(paths, jobs_: int) -> tuple[float, list[float]]:
@@ -718,7 +559,7 @@ def bench_grading(plan: _Plan, keys: set) -> dict:
     with _scratch("labkit-bench-class-") as folder:
         paths = []
         for number in range(1, size + 1):
-            path = folder / f"student{number:02d}" / f"{_NOTEBOOK_01}.ipynb"
+            path = folder / f"student{number:02d}" / f"{NOTEBOOK_01}.ipynb"
             path.parent.mkdir()
             shutil.copyfile(notebook, path)
             paths.append(path)
@@ -740,10 +581,10 @@ def bench_grading(plan: _Plan, keys: set) -> dict:
         spans = [b - a for a, b in zip([0.0] + finished[:-1], finished)]
         results = {}
         if "grading_ratio" in keys:
-            plain = _median(baseline)
-            results["grading_ratio"] = _entry(
+            plain = median(baseline)
+            results["grading_ratio"] = entry(
                 "grading_ratio", per_serial / plain, plain,
-                f"grade --jobs 1 on {serial} of a class of {size} copies of solutions/{_NOTEBOOK_01}.ipynb "
+                f"grade --jobs 1 on {serial} of a class of {size} copies of solutions/{NOTEBOOK_01}.ipynb "
                 f"(every hidden check runs): {per_serial:.1f} s per submission ({serial_s:.1f} s in all; "
                 f"each {min(spans):.1f}-{max(spans):.1f} s, including the grader's own overhead), against "
                 f"the median of {len(baseline)} plain run(s) of python -m pytest --nbval --nbval-current-env "
@@ -752,140 +593,17 @@ def bench_grading(plan: _Plan, keys: set) -> dict:
         if "grading_speedup" in keys:
             parallel_s, _ = grade_class(paths, jobs)
             per_parallel = parallel_s / size
-            results["grading_speedup"] = _entry(
+            results["grading_speedup"] = entry(
                 "grading_speedup", per_serial / per_parallel, per_serial,
                 f"grade --jobs {jobs} on all {size} submissions: {parallel_s:.1f} s, {per_parallel:.1f} s per "
                 f"submission, against --jobs 1 on {serial} of them: {per_serial:.1f} s per submission "
                 f"(value = the ratio of the two per-submission times, i.e. of the throughputs"
                 f"{f'; the last of its rounds grades only {size % jobs}' if size % jobs else ''}); "
-                f"{_CPUS} CPUs; baseline = --jobs 1 s per submission")
+                f"{CPUS} CPUs; baseline = --jobs 1 s per submission")
     note = (f"; {outcomes['full marks']}/{outcomes['graded']} gradings ({', '.join(outcomes['runs'])}) "
             f"scored full marks ({n_questions} questions)")
-    for entry in results.values():
-        entry["note"] += note
+    for result in results.values():
+        result["note"] += note
     return results
 
 
-#: metric -> the function that measures it (some measure several metrics in one run)
-_BENCHES = {
-    "speedup_vs_flask_requests": bench_round_trip,
-    "ratio_vs_raw_tcp": bench_round_trip,
-    "link_overhead_us": bench_link,
-    "latency_error_p50_ms": bench_link,
-    "latency_error_p99_ms": bench_link,
-    "link_throughput_ratio": bench_throughput,
-    "import_ratio": bench_import,
-    "serve_ready_ms": bench_serve,
-    "serve_stop_ms": bench_serve,
-    "sequence_2000_s": bench_sequence,
-    "kernel_rss_mb": bench_kernel,
-    "grading_ratio": bench_grading,
-    "grading_speedup": bench_grading,
-}
-
-
-def selected(keys=None, class_size: int | None = None) -> list[str]:
-    """The metrics a run measures: ``keys`` checked, or by default every metric but the opt-in ones."""
-    keys = [key for key in METRICS if key not in OPT_IN] if not keys else list(dict.fromkeys(keys))
-    unknown = [key for key in keys if key not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if class_size is not None:
-        if class_size < 1:
-            raise ValueError(f"--class-size must be at least 1, not {class_size}")
-        if not OPT_IN & set(keys):
-            raise ValueError(f"--class-size applies only to {', '.join(sorted(OPT_IN))}; name them with --only")
-    return keys
-
-
-def run(keys=None, *, quick: bool = False, class_size: int | None = None) -> dict:
-    """Measure ``keys`` (default: every metric but the opt-in ones); return the report as a dict.
-
-    ``class_size`` is the class the grading metrics grade (default 30, or 4 when quick).
-    """
-    keys = selected(keys, class_size)
-    plan = _Plan(quick, class_size)
-    wanted = set(keys)
-    results: dict[str, dict] = {}
-    started = time.perf_counter()
-    with _quiet():
-        for bench in dict.fromkeys(_BENCHES[key] for key in keys):  # each once, in order
-            mine = wanted & {key for key, b in _BENCHES.items() if b is bench}
-            try:
-                results.update(bench(plan, mine))
-            except Exception as exc:  # one broken measurement must not hide the others
-                for key in mine:
-                    results[key] = _not_measured(key, f"{bench.__name__} failed: {type(exc).__name__}: {exc}")
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "implementation": platform.python_implementation(),
-            "platform": platform.platform(),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        },
-        "quick": quick,
-        **({"class_size": plan.class_size} if OPT_IN & wanted else {}),
-        "seconds": round(time.perf_counter() - started, 1),
-        **{key: results[key] for key in keys},
-    }
-
-
-def _format(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def table(report: dict) -> str:
-    """The report as a plain-text table."""
-    rows = [("metric", "measured", "baseline", "target", "met?")]
-    for key in (key for key in METRICS if key in report):
-        entry = report[key]
-        unit = entry["unit"]
-        measured = "not measured" if entry["value"] is None else f"{_format(entry['value'])} {unit}"
-        met = "yes" if entry["met"] else "NO" if entry["value"] is not None else "-"
-        rows.append((key, measured, _format(entry["baseline"]), f"{entry['target']} {unit}", met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    machine = report["machine"]
-    lines.append(f"\n{machine['cpu_count']} CPUs, Python {machine['python']}, {report['date']}, "
-                 f"{report['seconds']} s{' (quick)' if report['quick'] else ''}; notes in the JSON")
-    if "class_size" in report:
-        lines.append(f"grading metrics: a class of {report['class_size']} copies of solutions/{_NOTEBOOK_01}.ipynb")
-    else:
-        lines.append(f"grading metrics ({', '.join(key for key in METRICS if key in OPT_IN)}) are opt-in: "
-                     f"--only {','.join(key for key in METRICS if key in OPT_IN)} [--class-size N]")
-    return "\n".join(lines)
-
-
-def main(args) -> int:
-    keys = [key.strip() for key in (args.only or "").split(",") if key.strip()]
-    try:
-        report = run(keys, quick=args.quick, class_size=getattr(args, "class_size", None))
-    except ValueError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    print(table(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def add_parser(commands) -> None:
-    """Add the ``bench`` subcommand to the command line's subparsers."""
-    parser = commands.add_parser("bench", help="measure labkit against its baselines",
-                                 description=__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (about half a minute)")
-    parser.add_argument("--only", metavar="KEYS",
-                        help=f"comma-separated metrics to measure (default: all but the opt-in "
-                             f"{', '.join(key for key in METRICS if key in OPT_IN)}): {', '.join(METRICS)}")
-    parser.add_argument("--class-size", type=int, metavar="N", default=None,
-                        help=f"submissions the grading metrics grade (default {CLASS_SIZE}; "
-                             f"{CLASS_SIZE_QUICK} with --quick); --jobs 1 grades min(N, {SERIAL_SUBMISSIONS}) of them")
-    parser.set_defaults(run=main)
