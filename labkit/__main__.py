@@ -2,6 +2,7 @@
 
     python -m labkit doctor                  check that servers, links and the trace work here
     python -m labkit serve chat --port 5001  run a reference service as its own process
+        [--set OPTION=VALUE ...]             (an option of its create_app, such as label=inv-1)
     python -m labkit release                 write notebooks/ (student edition) from solutions/
     python -m labkit grade SUBMISSIONS --out RESULTS   score submitted notebooks through nbval
     python -m labkit bench --json FILE       measure labkit against its baselines
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -44,7 +46,21 @@ def serve_cmd(args) -> int:
 
     from labkit.apps import create
 
-    app = create(args.service)
+    options = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            print(f"serve: --set wants OPTION=VALUE, such as label=inv-1, not {item!r}", file=sys.stderr)
+            return 2
+        try:
+            options[key] = json.loads(value)  # numbers and true/false as such
+        except json.JSONDecodeError:
+            options[key] = value
+    try:
+        app = create(args.service, **options)
+    except (TypeError, ValueError) as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return 2
     print(f"serving {args.service} on http://{args.host}:{args.port} (Ctrl-C stops)")
     run_simple(args.host, args.port, app, threaded=True)
     return 0
@@ -60,6 +76,8 @@ def main(argv=None) -> int:
     serve.add_argument("service", help="which service (hello, shop, chat, ...)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
+                       help="an option of the service's create_app, such as label=inv-1 (repeatable)")
     serve.set_defaults(run=serve_cmd)
 
     from labkit.grading import release

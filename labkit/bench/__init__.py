@@ -29,6 +29,10 @@ sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
 kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
 gossip_rounds_ratio        rounds until news written at one of 8 peers reaches all, against
                            log2 N + ln N, the rounds push-only rumour spreading needs
+lookup_overhead_ratio      a call that asks the registry first (GET /services/S, then the
+                           instance) against a call to an instance already known
+failover_extra_ms          what a call pays when its first pick refuses the connection and
+                           it moves on to the next instance, against a healthy first pick
 
 Opt-in metrics (``OPT_IN``): measured only when named with ``--only``, never by the
 default run, because grading runs notebook 01 in full once per submission (about half
@@ -60,7 +64,7 @@ import time
 from pathlib import Path
 
 from . import core, tools
-from . import styles  # noqa: F401  (registers its metrics)
+from . import styles, features  # noqa: F401, I001  (they register their metrics, in the notebooks' order)
 from .tools import CLASS_SIZE, CLASS_SIZE_QUICK, METRICS, OPT_IN
 
 SERIAL_SUBMISSIONS = core.SERIAL_SUBMISSIONS

@@ -1,0 +1,317 @@
+"""The registry and instance services of notebook 05, against real sockets.
+
+The registry runs on a ManualClock, so every lease runs out exactly when a test moves
+time; one test uses the real clock with a generous bound that only catches a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import labkit
+from labkit.apps import create
+from labkit.apps._errors import MAX_BODY_BYTES
+from labkit.apps.registry import MAX_TTL_S, ManualClock
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+def registry(lab, clock):
+    return lab.serve(create("registry", clock=clock), name="registry")
+
+
+@pytest.fixture
+def ops(lab):
+    return lab.client("ops", timeout=5)
+
+
+def _register(ops, registry, instance_id, url="http://127.0.0.1:5001", ttl=1.0, service="inventory"):
+    return ops.post(f"{registry.url}/services/{service}/instances", json={"id": instance_id, "url": url, "ttl": ttl})
+
+
+def _listed(ops, registry, service="inventory"):
+    return [i["id"] for i in ops.get(f"{registry.url}/services/{service}").json()["instances"]]
+
+
+# -- registry -----------------------------------------------------------------------------
+
+
+def test_register_list_and_the_lease_runs_out(ops, registry, clock):
+    answer = _register(ops, registry, "inv-2", ttl=1.0)
+    assert answer.status_code == 201
+    assert answer.json() == {"service": "inventory", "id": "inv-2", "url": "http://127.0.0.1:5001",
+                             "ttl": 1.0, "expires_in": 1.0}
+    assert _register(ops, registry, "inv-1", ttl=2.0).status_code == 201
+    assert _listed(ops, registry) == ["inv-1", "inv-2"]  # sorted by id
+    clock.advance(0.999)
+    assert _listed(ops, registry) == ["inv-1", "inv-2"]
+    clock.advance(0.001)
+    assert _listed(ops, registry) == ["inv-1"]  # a lease ends at exactly ttl
+    clock.advance(1.0)
+    assert _listed(ops, registry) == []
+    assert ops.get(f"{registry.url}/stats").json() == {
+        "registered": 2, "renewed": 0, "deregistered": 0, "expired": 2, "live": 0}
+
+
+def test_a_heartbeat_renews_the_lease(ops, registry, clock):
+    _register(ops, registry, "inv-1", ttl=1.0)
+    _register(ops, registry, "inv-2", ttl=1.0)
+    clock.advance(0.6)
+    answer = ops.put(f"{registry.url}/services/inventory/instances/inv-1/heartbeat")
+    assert answer.status_code == 200 and answer.json()["expires_in"] == 1.0
+    clock.advance(0.6)
+    assert _listed(ops, registry) == ["inv-1"]
+    clock.advance(0.4)
+    assert _listed(ops, registry) == []
+
+
+def test_a_heartbeat_may_change_the_ttl(ops, registry, clock):
+    _register(ops, registry, "inv-1", ttl=1.0)
+    answer = ops.put(f"{registry.url}/services/inventory/instances/inv-1/heartbeat", json={"ttl": 5})
+    assert answer.json()["ttl"] == 5.0
+    clock.advance(4.5)
+    assert _listed(ops, registry) == ["inv-1"]
+
+
+def test_a_forgotten_instance_must_register_again(ops, registry, clock):
+    _register(ops, registry, "inv-1", ttl=1.0)
+    clock.advance(1.5)
+    answer = ops.put(f"{registry.url}/services/inventory/instances/inv-1/heartbeat")
+    assert answer.status_code == 404 and "register it again" in answer.json()["error"]
+    assert _register(ops, registry, "inv-1", ttl=1.0).status_code == 201
+    assert _listed(ops, registry) == ["inv-1"]
+
+
+def test_registering_again_replaces_the_address(ops, registry, clock):
+    _register(ops, registry, "inv-1", url="http://127.0.0.1:5001", ttl=1.0)
+    clock.advance(0.5)
+    answer = _register(ops, registry, "inv-1", url="http://127.0.0.1:5002/", ttl=1.0)
+    assert answer.status_code == 200
+    instances = ops.get(f"{registry.url}/services/inventory").json()["instances"]
+    assert instances == [{"id": "inv-1", "url": "http://127.0.0.1:5002", "ttl": 1.0, "expires_in": 1.0}]
+
+
+def test_deregister(ops, registry):
+    _register(ops, registry, "inv-1")
+    _register(ops, registry, "inv-2")
+    answer = ops.delete(f"{registry.url}/services/inventory/instances/inv-1")
+    assert answer.status_code == 200 and answer.json() == {"service": "inventory", "deregistered": "inv-1"}
+    assert _listed(ops, registry) == ["inv-2"]
+    assert ops.delete(f"{registry.url}/services/inventory/instances/inv-1").status_code == 404
+    assert ops.get(f"{registry.url}/stats").json()["deregistered"] == 1
+
+
+def test_services_are_kept_apart(ops, registry):
+    _register(ops, registry, "a", service="inventory")
+    _register(ops, registry, "a", service="payments")
+    _register(ops, registry, "b", service="payments")
+    assert ops.get(f"{registry.url}/services").json() == {"services": {"inventory": 1, "payments": 2}}
+    ops.delete(f"{registry.url}/services/payments/instances/a")
+    assert _listed(ops, registry, "inventory") == ["a"]
+    assert _listed(ops, registry, "nothing-here") == []  # no instances yet is an answer, not an error
+
+
+def test_the_real_clock_forgets_too(lab, ops):
+    registry = lab.serve(create("registry"), name="registry-real-clock")
+    _register(ops, registry, "inv-1", ttl=0.2)
+    deadline = time.monotonic() + 10  # only catches a lease that never ends
+    while _listed(ops, registry) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _listed(ops, registry) == []
+
+
+def test_concurrent_registrations_are_all_kept(lab, registry):
+    def register_some(n):
+        with labkit.Client(f"agent-{n}", timeout=5, trace=lab.trace) as client:
+            for k in range(10):
+                _register(client, registry, f"i{n}-{k}", ttl=60).raise_for_status()
+
+    threads = [threading.Thread(target=register_some, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with labkit.Client("ops", timeout=5, trace=lab.trace) as ops:
+        assert len(_listed(ops, registry)) == 80
+        assert ops.get(f"{registry.url}/stats").json()["registered"] == 80
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"url": "http://127.0.0.1:5001"}, "id must be a string"),
+    ({"id": "bad id!", "url": "http://127.0.0.1:5001"}, "is not a valid name"),
+    ({"id": "a", "url": "ftp://127.0.0.1:5001"}, "url must be"),
+    ({"id": "a", "url": "http://127.0.0.1"}, "url must be"),
+    ({"id": "a", "url": "http://127.0.0.1:99999"}, "url must be"),
+    ({"id": "a", "url": "http://127.0.0.1:5001/path"}, "url must be"),
+    ({"id": "a", "url": "http://127.0.0.1:5001", "ttl": True}, "ttl must be"),
+    ({"id": "a", "url": "http://127.0.0.1:5001", "ttl": 0}, "ttl must be"),
+    ({"id": "a", "url": "http://127.0.0.1:5001", "ttl": MAX_TTL_S + 1}, "ttl must be"),
+    ({"id": "a", "url": "http://127.0.0.1:5001", "ttl": "10"}, "ttl must be"),
+    (["a"], "send a JSON object"),
+])
+def test_a_bad_registration_is_named(ops, registry, body, words):
+    answer = ops.post(f"{registry.url}/services/inventory/instances", json=body)
+    assert answer.status_code == 400 and words in answer.json()["error"]
+    assert ops.get(f"{registry.url}/stats").json()["registered"] == 0
+
+
+def test_the_manual_clock_moves_forward_only():
+    clock = ManualClock(2)
+    clock.advance(0.5)
+    assert clock() == 2.5
+    for bad in (-1, True, "1", float("nan")):
+        with pytest.raises(ValueError):
+            clock.advance(bad)
+    assert clock() == 2.5
+
+
+# -- instance -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def instance(lab):
+    return lab.serve(create("instance", label="inv-7"), name="inv-7")
+
+
+def test_an_instance_says_who_it_is_and_counts(ops, instance):
+    assert ops.get(instance.url + "/whoami").json() == {"instance": "inv-7", "served": 1}
+    assert ops.get(instance.url + "/whoami").json() == {"instance": "inv-7", "served": 2}
+    assert ops.get(instance.url + "/health").json() == {"status": "ok", "instance": "inv-7"}
+
+
+def test_an_unhealthy_instance_answers_503(ops, instance):
+    answer = ops.put(instance.url + "/admin", json={"healthy": False})
+    assert answer.json() == {"instance": "inv-7", "slow_ms": 0, "healthy": False}
+    assert ops.get(instance.url + "/whoami").status_code == 503
+    assert ops.get(instance.url + "/health").status_code == 503
+    ops.put(instance.url + "/admin", json={"healthy": True})
+    assert ops.get(instance.url + "/whoami").json() == {"instance": "inv-7", "served": 1}  # 503s were not served
+
+
+def test_a_slow_instance_misses_a_short_timeout(ops, instance):
+    ops.put(instance.url + "/admin", json={"slow_ms": 600}).raise_for_status()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        ops.get(instance.url + "/health", timeout=0.1)
+    assert ops.get(instance.url + "/admin").json()["slow_ms"] == 600
+    ops.put(instance.url + "/admin", json={"slow_ms": 0}).raise_for_status()
+
+
+@pytest.mark.parametrize("body", [{}, {"slow_ms": -1}, {"slow_ms": 10_001}, {"slow_ms": 1.5}, {"slow_ms": True},
+                                  {"healthy": "no"}, {"healthy": 0}, {"colour": "red"}, [1], "x"])
+def test_bad_admin_settings_are_rejected(ops, instance, body):
+    answer = ops.put(instance.url + "/admin", json=body)
+    assert answer.status_code == 400 and answer.json()["error"]
+    assert ops.get(instance.url + "/admin").json() == {"instance": "inv-7", "slow_ms": 0, "healthy": True}
+
+
+@pytest.mark.parametrize("options", [{"label": ""}, {"label": 3}, {"slow_ms": -5}, {"slow_ms": True}])
+def test_bad_options_are_refused(options):
+    with pytest.raises(ValueError):
+        create("instance", **options)
+
+
+# -- malformed input: a JSON 4xx, and nothing changes -----------------------------------------
+
+PARAMS = ["id", "url", "ttl", "slow_ms", "healthy", "service"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.sampled_from(["inv-1", "http://127.0.0.1:5001", "http://x:1/", ""]) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(PARAMS) | st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    st.none(),
+    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
+    st.binary(max_size=200).map(lambda b: ("application/json", b)),
+    st.binary(min_size=1, max_size=50).map(lambda b: ("application/json", b"\xff\xfe" + b)),  # not UTF-8
+    st.text(max_size=50).map(lambda t: ("text/plain", t.encode())),
+    st.just(("application/json", b'{"id": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}')),  # too large
+)
+ids = st.one_of(st.sampled_from(["inventory", "inv-1", "x" * 65, "-a", "é"]),
+                st.integers(-10**20, 10**20).map(str),
+                st.text(min_size=1, max_size=20).filter(lambda t: "/" not in t and t not in (".", "..")))
+
+REGISTRY_ENDPOINTS = [("POST", "/services/{a}/instances"), ("PUT", "/services/{a}/instances/{b}/heartbeat"),
+                      ("DELETE", "/services/{a}/instances/{b}"), ("GET", "/services/{a}"), ("GET", "/services"),
+                      ("GET", "/stats"), ("PATCH", "/services"), ("GET", "/{a}")]
+INSTANCE_ENDPOINTS = [("GET", "/whoami"), ("GET", "/health"), ("GET", "/admin"), ("PUT", "/admin"),
+                      ("POST", "/whoami"), ("GET", "/{a}")]
+
+
+@pytest.fixture(scope="module")
+def session():
+    with requests.Session() as s:
+        s.trust_env = False
+        yield s
+
+
+@pytest.fixture(scope="module")
+def malformed_registry(session):
+    with labkit.serve(create("registry", clock=ManualClock()), name="registry·malformed",
+                      trace=labkit.Trace()) as server:
+        session.post(server.url + "/services/inventory/instances",
+                     json={"id": "inv-1", "url": "http://127.0.0.1:5001", "ttl": 60}).raise_for_status()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def malformed_instance():
+    with labkit.serve(create("instance", label="inv-1"), name="instance·malformed", trace=labkit.Trace()) as server:
+        yield server
+
+
+def _send(session, server, endpoints, data):
+    method, template = data.draw(st.sampled_from(endpoints), label="endpoint")
+    path = template.format(a=requests.utils.quote(data.draw(ids, label="a"), safe=""),
+                           b=requests.utils.quote(data.draw(ids, label="b"), safe=""))
+    body = data.draw(bodies, label="body")
+    query = data.draw(st.dictionaries(st.sampled_from(PARAMS) | st.text(min_size=1, max_size=8),
+                                      st.text(max_size=20), max_size=3), label="query")
+    return session.request(method, server.url + path, params=query, data=body[1] if body else None,
+                           headers={"Content-Type": body[0]} if body else {}, timeout=10)
+
+
+def _judge(answer, state_before, state_after):
+    assert answer.status_code < 500, (answer.status_code, answer.text[:200])
+    if answer.status_code >= 400:
+        assert answer.headers["Content-Type"] == "application/json", answer.text[:200]
+        error = answer.json()["error"]
+        assert isinstance(error, str) and error
+        assert state_after == state_before
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_registry_answers_malformed_input_with_a_json_4xx(session, malformed_registry, data):
+    def state():
+        return [session.get(malformed_registry.url + path, timeout=10).json()
+                for path in ("/services", "/services/inventory", "/stats")]
+
+    before = state()
+    answer = _send(session, malformed_registry, REGISTRY_ENDPOINTS, data)
+    _judge(answer, before, state())
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_an_instance_answers_malformed_input_with_a_json_4xx(session, malformed_instance, data):
+    url = malformed_instance.url
+    session.put(url + "/admin", json={"slow_ms": 0, "healthy": True}, timeout=10).raise_for_status()
+    before = session.get(url + "/admin", timeout=10).json()
+    answer = _send(session, malformed_instance, INSTANCE_ENDPOINTS, data)
+    after = session.get(url + "/admin", timeout=10).json()
+    if after["slow_ms"]:  # a valid setting was accepted: no more waiting in later examples
+        session.put(url + "/admin", json={"slow_ms": 0}, timeout=10).raise_for_status()
+    _judge(answer, before, after)
