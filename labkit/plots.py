@@ -25,7 +25,6 @@ import dataclasses
 import io
 import math
 import sys
-from typing import Iterable
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg

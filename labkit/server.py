@@ -219,8 +219,9 @@ class Server:
     """A running server: ``url``, ``name``, ``stop()``; a context manager.
 
     Make one with :func:`serve`. An app with threads or clients of its own (gossip,
-    heartbeats) lists what stops them in ``app.extensions["labkit_on_stop"]``: the
-    server calls each after it has stopped serving.
+    heartbeats) or requests it holds open (long polls, slow answers) lists what stops
+    them in ``app.extensions["labkit_on_stop"]``: the server calls each once it has
+    stopped accepting, before it waits for the requests in progress.
     """
 
     def __init__(self, app, name: str, trace: _trace.Trace):
@@ -288,12 +289,12 @@ class Server:
         if self._thread.ident is not None:  # it started
             self._thread.join(timeout)
         self._httpd.server_close()
-        self._httpd.close_connections(timeout)
-        for hook in self._on_stop:
+        for hook in self._on_stop:  # before waiting for the handlers: a hook may release requests held open
             try:
                 hook()
             except Exception:
                 log.exception("an on-stop hook of server %r failed", self.name)
+        self._httpd.close_connections(timeout)
         self._wake_r.close()
         self._wake_w.close()
         _trace.forget_name(("127.0.0.1", self.port))

@@ -16,7 +16,7 @@ from labkit.grading import check as grading
 
 from answers import SOLUTIONS, WRONG
 from answers.nb00 import greet, greet_hard_coded
-from answers.nb01 import fetch_ignores_status, order_totals, totals_n_plus_one
+from answers.nb01 import fetch_ignores_status, fetch_or_none, order_totals, totals_n_plus_one
 
 
 def stub(*args):

@@ -351,3 +351,31 @@ def test_stop_calls_the_apps_on_stop_hooks_once_serving_has_ended(lab, make_app)
     server2.stop()
     server2.stop()
     assert calls == [False, "after a failing hook"]
+
+
+def test_stopping_the_chat_ends_its_long_polls_at_once(lab):
+    """The chat's on-stop hook wakes the handler waiting in a long poll, so stop need not wait for it."""
+    from labkit.apps import create
+
+    chat = lab.serve(create("chat"))
+    client = lab.client("bob", timeout=30)
+    ended = []
+
+    def poll():
+        try:
+            client.get(chat.url + "/messages?after=0&wait=25")
+        except requests.RequestException:
+            pass
+        ended.append(time.monotonic())
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    deadline = time.monotonic() + 5
+    while not lab.trace.filter(kind="receive", node=chat.name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    chat.stop(timeout=20)
+    stopped = time.monotonic() - started
+    poller.join(30)
+    assert stopped < 10, f"stop waited {stopped:.1f} s for the long poll's handler"
+    assert ended and ended[0] - started < 10

@@ -14,6 +14,7 @@ import threading
 
 from flask import Flask, jsonify, request
 
+from ..server import ON_STOP
 from ._errors import json_errors
 
 MAX_WAIT_S = 30.0
@@ -23,6 +24,15 @@ def create_app() -> Flask:
     app = json_errors(Flask("chat"))
     messages: list[dict] = []
     news = threading.Condition()
+    closing = threading.Event()
+
+    def close():
+        """Answer every long poll at once: the server is stopping."""
+        with news:
+            closing.set()
+            news.notify_all()
+
+    app.extensions[ON_STOP] = [close]
 
     @app.post("/messages")
     def post():
@@ -46,7 +56,7 @@ def create_app() -> Flask:
         if not 0 <= wait <= MAX_WAIT_S:
             return jsonify(error=f"wait must be between 0 and {MAX_WAIT_S:g} seconds"), 400
         with news:
-            news.wait_for(lambda: len(messages) > after, timeout=wait)
+            news.wait_for(lambda: len(messages) > after or closing.is_set(), timeout=wait)
             return jsonify(messages=messages[max(after, 0):])
 
     return app

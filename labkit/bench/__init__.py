@@ -29,10 +29,21 @@ sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
 kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
 gossip_rounds_ratio        rounds until news written at one of 8 peers reaches all, against
                            log2 N + ln N, the rounds push-only rumour spreading needs
+broker_requests_per_message_relay
+                           requests the broker handles per message relayed through it
+broker_relay_latency_ratio a relayed job's p50 against a direct one (1 ms per link each way)
+checkout_{8,64}_vs_1_{sqlite,postgresql}
+                           checkouts/s with 8 and 64 concurrent buyers against 1, on one
+                           database (PostgreSQL where LABKIT_TEST_POSTGRES_URL names one)
 lookup_overhead_ratio      a call that asks the registry first (GET /services/S, then the
                            instance) against a call to an instance already known
 failover_extra_ms          what a call pays when its first pick refuses the connection and
                            it moves on to the next instance, against a healthy first pick
+retry_success_ratio        payments through with retries (backoff, jitter, idempotency key)
+                           over without, against a service answering 30% 503
+retry_load_ratio           requests the service received per payment, with retries over without
+jitter_finish_speedup      a retry storm into a recovering service: seconds until the last of
+                           40 customers paid with backoff alone, over backoff with full jitter
 
 Opt-in metrics (``OPT_IN``): measured only when named with ``--only``, never by the
 default run, because grading runs notebook 01 in full once per submission (about half

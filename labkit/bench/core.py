@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import socket
 import subprocess
@@ -13,8 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .tools import (CLASS_SIZE, CLASS_SIZE_QUICK, CPUS, ROOT, Plan, alternate, entry, measures, median,
-                    not_measured, percentile, timed)
+from .tools import CPUS, ROOT, Plan, alternate, entry, measures, median, not_measured, percentile, timed
 
 #: At most this many submissions are graded with ``--jobs 1``.
 SERIAL_SUBMISSIONS = 4

@@ -1,0 +1,149 @@
+"""The store's gateway (notebook 04): the web page people open, and the one API behind it.
+
+    GET  /                    a small web page: the catalogue, a Buy button per product, the orders
+    GET  /api/products        -> the catalogue service's GET /products
+    POST /api/checkout        -> the orders service's POST /checkout (body and Idempotency-Key passed on)
+    GET  /api/orders          -> the orders service's GET /orders
+
+The gateway holds no data and no business rules: it forwards each call to the service
+that owns it, over that service's URL (``catalogue_url``, ``orders_url``, which may be
+labkit Links), and passes the answer back. When a service does not answer, it says so
+with 502 (unreachable) or 504 (too slow). The page uses relative URLs only, so it also
+works behind a proxy path such as Binder's ``/user/NAME/proxy/PORT/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import requests
+from flask import Flask, Response, jsonify, request
+
+from .. import client as _client
+from ..client import Client
+from ..server import ON_STOP
+from ._errors import json_errors
+
+CATALOGUE_URL = os.environ.get("LABKIT_CATALOGUE_URL", "http://127.0.0.1:5002")
+ORDERS_URL = os.environ.get("LABKIT_ORDERS_URL", "http://127.0.0.1:5003")
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>labkit store</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 44em; }
+ table { border-collapse: collapse; } td, th { padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: left; }
+ #message { margin: 1em 0; min-height: 1.5em; font-weight: bold; }
+ .ok { color: #0072B2; } .bad { color: #D55E00; }
+</style></head>
+<body>
+<h1>The labkit store</h1>
+<p>This page talks only to the gateway; the gateway passes each call on to the catalogue or
+the orders service, and the orders service calls payment. Every click is one checkout with
+its own idempotency key: if the answer is lost, the page asks again with the same key.</p>
+<table><thead><tr><th>product</th><th>price</th><th>in stock</th><th></th></tr></thead>
+<tbody id="products"><tr><td colspan="4">loading...</td></tr></tbody></table>
+<div id="message"></div>
+<h2>Orders</h2>
+<ul id="orders"></ul>
+<script>
+// Relative URLs only ("api/...", never "/api/..."): behind Binder's proxy the page lives under a path.
+function newKey() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return String(Date.now()) + "-" + String(Math.random()).slice(2);
+}
+function say(text, good) {
+  const m = document.getElementById("message");
+  m.textContent = text; m.className = good ? "ok" : "bad";
+}
+function cell(row, text) { const td = document.createElement("td"); td.textContent = text; row.appendChild(td); return td; }
+async function load() {
+  try {
+    const products = (await (await fetch("api/products")).json()).products || [];
+    const body = document.getElementById("products");
+    body.replaceChildren();
+    for (const p of products) {
+      const row = document.createElement("tr");
+      cell(row, p.name); cell(row, (p.price_cents / 100).toFixed(2)); cell(row, p.stock);
+      const button = document.createElement("button");
+      button.textContent = "Buy one"; button.disabled = p.stock < 1;
+      button.onclick = () => buy(p.sku);
+      cell(row, "").appendChild(button);
+      body.appendChild(row);
+    }
+    const orders = (await (await fetch("api/orders")).json()).orders || [];
+    const list = document.getElementById("orders");
+    list.replaceChildren();
+    for (const o of orders) {
+      const item = document.createElement("li");
+      item.textContent = "#" + o.id + ": " + o.qty + " x " + o.sku + ", " + (o.amount_cents / 100).toFixed(2) + " (" + o.payment + ")";
+      list.appendChild(item);
+    }
+  } catch (error) { say("the gateway did not answer: " + error, false); }
+}
+async function buy(sku) {
+  const key = newKey();
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    try {
+      const answer = await fetch("api/checkout", {method: "POST",
+        headers: {"Content-Type": "application/json", "Idempotency-Key": key},
+        body: JSON.stringify({sku: sku, qty: 1})});
+      const data = await answer.json();
+      if (answer.ok) say("bought: order #" + data.order.id + ", payment " + data.order.payment, true);
+      else say(answer.status + ": " + data.error, false);
+      break;
+    } catch (error) { say("no answer (attempt " + attempt + "), trying again with the same key...", false); }
+  }
+  load();
+}
+load();
+</script>
+</body></html>
+"""
+
+
+def create_app(*, catalogue_url: str | None = None, orders_url: str | None = None,
+               timeout: float = 10.0, trace=None) -> Flask:
+    """A gateway in front of the catalogue and orders services at these URLs."""
+    upstream = {"catalogue": (catalogue_url or CATALOGUE_URL).rstrip("/"),
+                "orders": (orders_url or ORDERS_URL).rstrip("/")}
+    caller = Client("gateway", timeout=timeout, trace=trace)
+    app = json_errors(Flask("gateway"))
+    app.extensions[ON_STOP] = [caller.close]  # its server closes the client's kept-alive connections
+
+    def forward(service: str, method: str, path: str, **kwargs):
+        try:
+            answer = caller.request(method, upstream[service] + path, **kwargs)
+        except requests.exceptions.Timeout:
+            return jsonify(error=f"the {service} service did not answer within {timeout:g} s; try again"), 504
+        except requests.exceptions.RequestException as exc:
+            return jsonify(error=f"the {service} service could not be reached "
+                                 f"({_client.describe(exc)}); try again"), 502
+        try:
+            answer.json()
+        except ValueError:
+            return jsonify(error=f"the {service} service answered {answer.status_code} without JSON"), 502
+        response = Response(answer.content, status=answer.status_code, mimetype="application/json")
+        if "Idempotent-Replayed" in answer.headers:
+            response.headers["Idempotent-Replayed"] = answer.headers["Idempotent-Replayed"]
+        return response
+
+    @app.get("/")
+    def page():
+        return Response(PAGE, mimetype="text/html")
+
+    @app.get("/api/products")
+    def api_products():
+        return forward("catalogue", "GET", "/products")
+
+    @app.get("/api/orders")
+    def api_orders():
+        return forward("orders", "GET", "/orders")
+
+    @app.post("/api/checkout")
+    def api_checkout():
+        headers = {"Content-Type": request.content_type or "application/octet-stream"}
+        if "Idempotency-Key" in request.headers:
+            headers["Idempotency-Key"] = request.headers["Idempotency-Key"]
+        return forward("orders", "POST", "/checkout", data=request.get_data(), headers=headers)
+
+    return app

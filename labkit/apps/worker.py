@@ -1,0 +1,245 @@
+"""A worker for notebook 03: a peer that registers with the broker and does small jobs.
+
+    GET  /          {"name", "kind", "jobs": n}
+    GET  /hello     {"name", "kind"}: who answers at this address
+    POST /jobs      {"numbers": [int, ...]} with "Authorization: Bearer TOKEN" (a token the broker
+                    signed) -> {"by": this worker, "for": the token's owner, "sum": ...}; 401 without
+                    a valid token
+    GET  /stats     {"jobs": n} jobs done so far
+
+The worker checks tokens itself, with the broker's public key: it asks the broker for
+the key once (``GET /key``, or it is given ``public_key``) and never again, so signed-in
+callers keep working while the broker is away.
+
+Being a peer of the broker (registering, sending heartbeats with its load, leaving) is
+:class:`Member`'s job; :func:`start` serves a worker and makes it a member in one call::
+
+    bob = worker.start("bob", broker.url, "bob-secret", load=2)   # doctest: +SKIP
+    bob.load = 5            # reported at the next heartbeat
+    bob.stop()              # leaves the broker, stops heartbeats and the server
+
+As its own process: ``LABKIT_PEER_NAME=bob LABKIT_PEER_SECRET=s LABKIT_BROKER_URL=http://A:5001
+LABKIT_PEER_URL=http://B:5002 python -m labkit serve worker --host 0.0.0.0 --port 5002``
+registers at the broker and sends heartbeats until the process ends (the membership is
+``app.extensions["worker"]["member"]``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import jwt
+import requests
+from cryptography.hazmat.primitives import serialization
+from flask import Flask, jsonify, request
+
+from .. import server as _server
+from ..client import Client
+from ._errors import json_errors
+from .broker import bearer, verify
+
+MAX_NUMBERS = 1000
+
+
+def create_app(*, node: str | None = None, kind: str | None = None, public_key=None,
+               broker_url: str | None = None, trace=None) -> Flask:
+    """A worker called ``node`` that trusts tokens signed by the broker at ``broker_url``.
+
+    ``public_key`` (a PEM string or key) spares the worker its one ``GET /key``.
+    Unset options come from LABKIT_PEER_NAME, LABKIT_PEER_KIND and LABKIT_BROKER_URL.
+    """
+    name = node or os.environ.get("LABKIT_PEER_NAME", "worker")
+    kind = kind or os.environ.get("LABKIT_PEER_KIND", "worker")
+    broker_url = broker_url or os.environ.get("LABKIT_BROKER_URL")
+    app = json_errors(Flask(name))
+    lock = threading.Lock()
+    state = {"jobs": 0, "key": _load_key(public_key) if public_key is not None else None}
+
+    def trusted_key():
+        with lock:
+            if state["key"] is None and broker_url:
+                with Client(name, timeout=2, trace=trace) as client:
+                    try:
+                        answer = client.get(broker_url.rstrip("/") + "/key")
+                        state["key"] = _load_key(answer.json()["public_key"])
+                    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError):
+                        pass
+            return state["key"]
+
+    @app.get("/")
+    def index():
+        with lock:
+            return jsonify(name=name, kind=kind, jobs=state["jobs"])
+
+    @app.get("/hello")
+    def hello():
+        return jsonify(name=name, kind=kind)
+
+    @app.get("/stats")
+    def stats():
+        with lock:
+            return jsonify(jobs=state["jobs"])
+
+    @app.post("/jobs")
+    def jobs():
+        token = bearer(request.headers)
+        if token is None:
+            return jsonify(error='send a token from the broker in an "Authorization: Bearer TOKEN" header'), 401
+        key = trusted_key()
+        if key is None:
+            return jsonify(error="this worker does not have the broker's public key yet, so it trusts no token; "
+                                 "try again when the broker is reachable"), 503
+        try:
+            caller = verify(token, key)["sub"]
+        except jwt.InvalidTokenError as error:
+            return jsonify(error=f"the token is not valid ({error}); sign in at the broker again"), 401
+        body = request.get_json(silent=True)
+        numbers = body.get("numbers") if isinstance(body, dict) else None
+        if (not isinstance(numbers, list) or len(numbers) > MAX_NUMBERS
+                or not all(isinstance(n, int) and not isinstance(n, bool) and abs(n) < 10**15 for n in numbers)):
+            return jsonify(error=f'send JSON {{"numbers": [1, 2, 3]}}: a list of at most {MAX_NUMBERS} '
+                                 f'whole numbers (below 10**15 in size)'), 400
+        with lock:
+            state["jobs"] += 1
+        return jsonify(by=name, sum=sum(numbers), **{"for": caller})
+
+    if broker_url and os.environ.get("LABKIT_PEER_URL") and os.environ.get("LABKIT_PEER_SECRET"):
+        # Its own process (python -m labkit serve worker): join the broker; the daemon thread ends with it.
+        app.extensions["worker"] = {"member": Member(
+            None, broker_url, os.environ["LABKIT_PEER_SECRET"], name=name, kind=kind,
+            url=os.environ["LABKIT_PEER_URL"], heartbeat_s=5.0, trace=trace, must_register=False)}
+    return app
+
+
+def _load_key(key):
+    if isinstance(key, str):
+        return serialization.load_pem_public_key(key.encode())
+    return key
+
+
+class Member:
+    """A peer's membership of a broker: registers now, then a daemon thread sends heartbeats.
+
+    ``server`` is the peer's labkit server (its URL is registered unless ``url`` is
+    given; heartbeats end when it stops). ``load`` is reported at every heartbeat
+    and may be changed at any time. If the broker has forgotten the peer (a 404 to a
+    heartbeat), the member registers again. ``stop()`` ends the heartbeats and, with
+    ``leave=True``, tells the broker at once; a peer that crashes never does.
+    """
+
+    def __init__(self, server, broker_url: str, secret: str, *, name: str | None = None, kind: str = "worker",
+                 url: str | None = None, load: int = 0, heartbeat_s: float = 1.0, trace=None,
+                 must_register: bool = True):
+        self.server, self.broker_url = server, broker_url.rstrip("/")
+        self.name = name or server.name
+        self.kind, self.secret, self.load, self.heartbeat_s = kind, secret, load, heartbeat_s
+        self.url = url or server.url
+        self.token: str | None = None
+        self.heartbeats = 0  # heartbeats the broker accepted
+        self._client = Client(self.name, timeout=max(0.5, min(2.0, heartbeat_s)), trace=trace)
+        self._stopping = threading.Event()
+        try:
+            self._register()
+        except requests.exceptions.RequestException:
+            if must_register:
+                self._client.close()
+                raise
+        self._thread = threading.Thread(target=self._beat, name=f"labkit-heartbeat-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _register(self) -> None:
+        answer = self._client.post(self.broker_url + "/register", json={
+            "name": self.name, "kind": self.kind, "url": self.url, "secret": self.secret, "load": self.load})
+        answer.raise_for_status()
+        self.token = answer.json()["token"]
+
+    def _beat(self) -> None:
+        try:
+            while not self._stopping.wait(self.heartbeat_s):
+                if self.server is not None and not self.server.running:
+                    return  # the peer's server stopped: so does its heartbeat
+                try:
+                    if self.token is None:
+                        self._register()
+                        continue
+                    answer = self._client.post(self.broker_url + "/heartbeat", json={"name": self.name, "load": self.load},
+                                               headers={"Authorization": f"Bearer {self.token}"})
+                    if answer.status_code in (401, 404):  # forgotten, or the token expired
+                        self._register()
+                    elif answer.ok:
+                        self.heartbeats += 1
+                except requests.exceptions.RequestException:
+                    pass  # the broker is away; try again at the next beat
+        finally:
+            self._client.close()
+
+    def stop(self, *, leave: bool = True) -> None:
+        """Stop the heartbeats (and wait for their thread); with ``leave``, deregister at once."""
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        if leave and self.token:
+            with Client(self.name, timeout=1, trace=self._client.trace) as client:
+                try:
+                    client.delete(f"{self.broker_url}/peers/{self.name}",
+                                  headers={"Authorization": f"Bearer {self.token}"})
+                except requests.exceptions.RequestException:
+                    pass
+
+    def __enter__(self) -> "Member":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Member {self.name!r} of {self.kind!r}, load {self.load}>"
+
+
+class Worker:
+    """A served worker and its membership: ``name``, ``url``, ``server``, ``member``, ``load``."""
+
+    def __init__(self, server, member: Member):
+        self.server, self.member = server, member
+        self.name, self.url = server.name, server.url
+
+    @property
+    def load(self) -> int:
+        return self.member.load
+
+    @load.setter
+    def load(self, value: int) -> None:
+        self.member.load = value
+
+    @property
+    def token(self) -> str | None:
+        return self.member.token
+
+    def stop(self, *, leave: bool = True) -> None:
+        """Stop: leave the broker (unless ``leave=False``, a crash), end heartbeats, stop the server."""
+        self.member.stop(leave=leave)
+        self.server.stop()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name!r} {'running' if self.server.running else 'stopped'}>"
+
+
+def start(name: str, broker_url: str, secret: str, *, kind: str = "worker", load: int = 0,
+          heartbeat_s: float = 1.0, public_key=None, trace=None) -> Worker:
+    """Serve a worker called ``name`` and register it at the broker; heartbeats every ``heartbeat_s``."""
+    app = create_app(node=name, kind=kind, public_key=public_key, broker_url=broker_url, trace=trace)
+    server = _server.serve(app, name=name, trace=trace)
+    try:
+        member = Member(server, broker_url, secret, name=name, kind=kind, load=load,
+                        heartbeat_s=heartbeat_s, trace=trace)
+    except BaseException:
+        server.stop()
+        raise
+    return Worker(server, member)
