@@ -44,6 +44,9 @@ retry_success_ratio        payments through with retries (backoff, jitter, idemp
 retry_load_ratio           requests the service received per payment, with retries over without
 jitter_finish_speedup      a retry storm into a recovering service: seconds until the last of
                            40 customers paid with backoff alone, over backoff with full jitter
+concurrency_scaling_link   the counter service's throughput with 8 concurrent clients over 1,
+                           through a Link with 20 ms each way: waits overlap (Little's law)
+concurrency_scaling_direct the same with no Link: CPU work under one GIL, so near 1
 
 Opt-in metrics (``OPT_IN``): measured only when named with ``--only``, never by the
 default run, because grading runs notebook 01 in full once per submission (about half

@@ -179,3 +179,76 @@ def bench_retries(plan: Plan, keys: set) -> dict:
             f"{jittered:.2f} s ({len(finish[True])} storms a side; recovering 0.5 s, capacity 4, 50 ms "
             f"a request); baseline = backoff without jitter, in s")
     return results
+
+
+#: Clients in the "many" measurement; 1 client is the baseline measured in the same rounds.
+CONCURRENT_CLIENTS = 8
+
+
+def _closed_loop(labkit, url: str, log, clients: int, each: int) -> float:
+    """``clients`` threads, each its own Client, sending ``each`` GETs back to back; answers per second."""
+    import concurrent.futures
+
+    users = [labkit.Client(f"bench-user-{n}", trace=log) for n in range(clients)]
+    try:
+        for user in users:
+            user.get(url).raise_for_status()  # connect before the clock starts
+        ready = threading.Barrier(clients + 1)
+
+        def loop(user):
+            ready.wait(30)
+            for _ in range(each):
+                user.get(url).raise_for_status()
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+            futures = [pool.submit(loop, user) for user in users]
+            ready.wait(30)
+            start = time.perf_counter()
+            for future in futures:
+                future.result()
+            elapsed = time.perf_counter() - start
+    finally:
+        for user in users:
+            user.close()
+    log.clear()
+    return clients * each / elapsed
+
+
+@measures(("concurrency_scaling_link", ">=", 4.0, "x"), ("concurrency_scaling_direct", ">=", 0.7, "x"))
+def bench_concurrency(plan: Plan, keys: set) -> dict:
+    """concurrency_scaling_link, concurrency_scaling_direct: throughput of 8 clients over 1."""
+    import labkit
+    from labkit.apps import create
+
+    log = labkit.Trace()
+    rates = {(side, n): [] for side in ("direct", "link") for n in (1, CONCURRENT_CLIENTS)}
+    app = create("counter", pause_ms=0)
+    try:
+        with labkit.serve(app, name="bench-counter", trace=log) as server, \
+                labkit.Link(server, latency_ms=20, seed=8, trace=log) as link:
+            urls = {"direct": server.url + "/whoami", "link": link.url + "/whoami"}
+            deadline = time.monotonic() + plan(40, 12)
+            for round_ in range(plan(5, 2)):
+                order = (1, CONCURRENT_CLIENTS) if round_ % 2 == 0 else (CONCURRENT_CLIENTS, 1)
+                for side in ("direct", "link"):
+                    for n in order:
+                        each = plan(40, 15) if side == "direct" else plan(10, 5)
+                        rates[(side, n)].append(_closed_loop(labkit, urls[side], log, n, each))
+                if round_ >= 1 and time.monotonic() > deadline:
+                    break
+    finally:
+        app.config["database"].close()
+    results = {}
+    for side in ("direct", "link"):
+        key = f"concurrency_scaling_{side}"
+        if key not in keys:
+            continue
+        one, many = median(rates[(side, 1)]), median(rates[(side, CONCURRENT_CLIENTS)])
+        where = "through a Link with 20 ms latency each way" if side == "link" else "direct, no Link"
+        results[key] = entry(
+            key, many / one, one,
+            f"counter service GET /whoami, {where}: {CONCURRENT_CLIENTS} concurrent clients "
+            f"{many:.0f} req/s vs 1 client {one:.0f} req/s (medians of {len(rates[(side, 1)])} alternating "
+            f"rounds; each client its own connection, connected before the clock starts; clients, link "
+            f"and server share one process and its GIL); baseline = 1-client req/s")
+    return results

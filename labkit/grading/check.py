@@ -305,13 +305,23 @@ class Run:
 
     # the student's function
 
+    @property
+    def answer(self):
+        """The student's function itself, for a test that calls it from threads of its own (see call_with)."""
+        return self._answer
+
     def call(self, *args) -> Call:
         """Call the answer with ``args`` in a worker thread; stop it if it overruns the time limit.
 
         Raises _AnswerRaised if the answer raised, _Overrun if it did not return in time.
         """
+        return self.call_with(self._answer, *args)
+
+    def call_with(self, harness, *args) -> Call:
+        """Like :meth:`call`, but run ``harness(*args)``: a function of the test that calls
+        :attr:`answer` many times (from threads of its own, say) as one call, under one time limit."""
         start_index = len(self.trace)
-        worker = _Worker(self._answer, args)
+        worker = _Worker(harness, args)
         _sleep_patch.acquire()
         try:
             started = time.perf_counter()

@@ -1,0 +1,311 @@
+"""Hidden tests for notebook 08 (concurrency): q8.1 add_one, q8.2 increment_with_version.
+
+q8.1: the answer runs inside a real service whose threads call it at once, on SQLite
+in its default mode (BEGIN DEFERRED): like PostgreSQL's READ COMMITTED, it lets two
+transactions read the same row at the same time, so only a truly atomic increment
+passes. The database is slowed a little after every transaction, as a busy network
+would, so that an unprotected read-then-write loses updates every time, not by luck.
+
+q8.2: the answer is hammered by many threads at once, each with its own client,
+against the counter service; one test makes another client win the race on purpose,
+twice in a row, so an answer that gives up or retries with a stale version fails
+every time.
+"""
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import sqlalchemy
+from flask import Flask, jsonify
+from sqlalchemy import event, text
+
+from labkit.apps import create
+from labkit.grading.check import Fail, Question, describe_error, show
+
+# -- q8.1: an increment that cannot lose updates ----------------------------------------------
+
+q81 = Question(
+    "q8.1", "add_one", params=("engine", "name"),
+    hint=("add one in a single statement inside a transaction: with engine.begin() as tx: "
+          "tx.execute(text(\"UPDATE counters SET value = value + 1, version = version + 1 WHERE name = :name\"), "
+          "{\"name\": name}), then read the value back in the same transaction and return it"),
+)
+
+#: Seconds the database pauses after each transaction (a connection going back to the pool).
+SLOW_S = 0.003
+_ATOMIC = ("let the database do the read and the write as one: UPDATE counters SET value = value + 1, "
+           "version = version + 1 WHERE name = :name, then SELECT the value in the same transaction")
+_LOCKED = ("two transactions read the same value, and then both tried to write it: SQLite refused the second "
+           "(\"database is locked\"); PostgreSQL would have let it overwrite the first. " + _ATOMIC)
+
+
+def _database(run):
+    """A SQLite file in its default transaction mode, with counters "hits", "a" and "b" at 0."""
+    folder = tempfile.mkdtemp(prefix="labkit-check-")
+    engine = sqlalchemy.create_engine(
+        "sqlite:///" + os.path.join(folder, "check.sqlite3"), poolclass=sqlalchemy.pool.QueuePool,
+        pool_size=8, max_overflow=32, connect_args={"check_same_thread": False, "timeout": 10})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA journal_mode = WAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN")  # SQLite's default: DEFERRED, reads do not lock out other readers
+
+    @event.listens_for(engine, "checkin")
+    def _slow(_dbapi_connection, _record):
+        time.sleep(SLOW_S)
+
+    run.on_close(shutil.rmtree, folder, True)
+    run.on_close(engine.dispose)
+    with engine.begin() as tx:
+        tx.execute(text("CREATE TABLE counters (name VARCHAR(40) PRIMARY KEY, value BIGINT NOT NULL, "
+                        "version BIGINT NOT NULL)"))
+        for name in ("hits", "a", "b"):
+            tx.execute(text("INSERT INTO counters (name, value, version) VALUES (:name, 0, 0)"), {"name": name})
+    return engine
+
+
+def _stored(engine, name: str) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT value FROM counters WHERE name = :name"), {"name": name}).scalar_one()
+
+
+def _service(run, engine):
+    """A service whose POST /counters/<name>/increment calls the answer; it keeps the answer's errors."""
+    answer, errors = run.answer, []
+    app = Flask("counter-q81")
+
+    @app.post("/counters/<name>/increment")
+    def increment(name):
+        try:
+            value = answer(engine, name)
+        except Exception as error:
+            errors.append(error)
+            return jsonify(error=describe_error(error)), 500
+        return jsonify(value=value)
+
+    return run.serve(app, "counter·check"), errors
+
+
+def _post_many(run, url: str, names: list, threads: int):
+    """POST url/counters/<name>/increment for each name, from ``threads`` clients at once (one check call)."""
+    clients = [run.client(f"you-{n}", timeout=20) for n in range(1, threads + 1)]
+    start = threading.Barrier(threads)
+
+    def many():
+        values, problems = [None] * len(names), []
+
+        def worker(number):
+            try:
+                start.wait(5)
+                for index in range(number, len(names), threads):
+                    response = clients[number].post(f"{url}/counters/{names[index]}/increment")
+                    values[index] = response.json().get("value") if response.status_code == 200 else None
+            except BaseException as error:
+                problems.append(error)
+
+        workers = [threading.Thread(target=worker, args=(n,), name="labkit-check-helper", daemon=True)
+                   for n in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        if problems:
+            raise problems[0]
+        return values
+
+    return run.call_with(many)
+
+
+def _judge_service(errors, engine, expected: dict, values: list) -> None:
+    if errors:
+        error = errors[0]
+        hint = _LOCKED if "database is locked" in str(error) else _ATOMIC
+        error = getattr(error, "orig", None) or error  # the database's own error, without SQLAlchemy's links
+        raise Fail(f"your answer raised {describe_error(error)} when increments ran at once", hint)
+    for name, count in expected.items():
+        final = _stored(engine, name)
+        if final < count:
+            raise Fail(f"{count} increments of {name!r} at once left it below {count}: updates were lost", _ATOMIC)
+        if final > count:
+            raise Fail(f"{count} increments of {name!r} at once left it at {final}, not {count}", _ATOMIC)
+
+
+@q81.test("one increment", raise_hints={sqlalchemy.exc.OperationalError: _ATOMIC})
+def _(run):
+    engine = _database(run)
+    call = run.call(engine, "hits")
+    final = _stored(engine, "hits")
+    if final != 1:
+        raise Fail(f"after one call the counter is {final}, not 1"
+                   + (": nothing was saved; use engine.begin(), which commits at the end of its block,"
+                      " not engine.connect()" if final == 0 else ""), _ATOMIC)
+    if call.value != 1:
+        raise Fail(f"the counter is right (1), but your answer returned {show(call.value)}",
+                   "return the new value: SELECT it in the same transaction, after the UPDATE")
+
+
+@q81.test("120 increments from 8 threads of a service at once")
+def _(run):
+    engine = _database(run)
+    server, errors = _service(run, engine)
+    call = _post_many(run, server.url, ["hits"] * 120, threads=8)
+    _judge_service(errors, engine, {"hits": 120}, call.value)
+    if sorted(v for v in call.value if isinstance(v, int)) != list(range(1, 121)):
+        raise Fail("the counter is right, but the values returned were not 1 to 120 once each "
+                   "(some came back twice, or not at all)",
+                   "return the value your own UPDATE made: SELECT it in the same transaction")
+
+
+@q81.test("two counters at once: 30 and 20 increments")
+def _(run):
+    engine = _database(run)
+    server, errors = _service(run, engine)
+    call = _post_many(run, server.url, ["a", "b", "a", "b", "a"] * 10, threads=8)
+    _judge_service(errors, engine, {"a": 30, "b": 20, "hits": 0}, call.value)
+
+
+# -- q8.2: optimistic concurrency from the client ------------------------------------------------
+
+q82 = Question(
+    "q8.2", "increment_with_version", params=("client", "url"),
+    hint=("read the counter (GET url), PUT url with JSON {\"value\": value + 1, \"version\": version}, "
+          "and on 409 Conflict read it again and retry, until the PUT succeeds"),
+    hang_hint=("after a 409 Conflict, read the counter again (GET) for its current version before you retry: "
+               "a retry with the old version conflicts forever"),
+    time_limit=12,
+)
+
+_RETRY = ("a 409 means another client wrote first: read the counter again and retry, as many times as it takes "
+          "(a loop, not a single second try)")
+_RETURN = 'return the new value: response.json()["value"] of the PUT that succeeded'
+#: Calls from this many threads at once; each thread has its own client (its own connection).
+THREADS = 4
+
+
+def _counter(run):
+    """A counter service with the counter "hits" at 0 (not yet served)."""
+    app = create("counter", pause_ms=0)
+    run.on_close(app.config["database"].close)
+    app.test_client().post("/counters", json={"name": "hits"})
+    return app
+
+
+def _value(app) -> int:
+    return app.test_client().get("/counters/hits").get_json()["value"]
+
+
+class _RivalWins:
+    """WSGI middleware: before the PUTs numbered in ``puts``, another client adds one first.
+
+    The rival's write lands between the answer's read and its write, exactly the race
+    optimistic concurrency exists for, so the answer's PUT gets a 409 every time.
+    """
+
+    def __init__(self, app, puts):
+        self.app, self.puts, self.seen = app, set(puts), 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "PUT":
+            with self._lock:
+                self.seen += 1
+                rival = self.seen in self.puts
+            if rival:
+                with self.app.config["database"].engine.begin() as tx:
+                    tx.execute(text("UPDATE counters SET value = value + 1, version = version + 1 WHERE name = 'hits'"))
+        return self.app(environ, start_response)
+
+
+def _hammer(run, url: str, times: int, threads: int = THREADS):
+    """Call the answer ``times`` times from ``threads`` threads at once; return the values it returned.
+
+    Runs as one call of the check (one time limit for all). The first error an answer
+    raises in any thread is raised again, so the verdict names it.
+    """
+    answer = run.answer
+    clients = [run.client(f"you-{n}") for n in range(1, threads + 1)]
+    start = threading.Barrier(threads)
+
+    def many():
+        values, errors = [None] * times, []
+
+        def worker(number):
+            try:
+                start.wait(5)
+                for index in range(number, times, threads):
+                    values[index] = answer(clients[number], url)
+            except BaseException as error:  # carried to the verdict
+                errors.append(error)
+
+        workers = [threading.Thread(target=worker, args=(n,), name="labkit-check-helper", daemon=True)
+                   for n in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return values
+
+    return run.call_with(many)
+
+
+def _judge(app, values, times: int) -> None:
+    final = _value(app)
+    if final < times:
+        raise Fail(f"{times} increments at once left the counter below {times}: updates were lost", _RETRY)
+    if final > times:
+        raise Fail(f"{times} increments at once left the counter at {final}, not {times}", _RETRY)
+    if sorted(v for v in values if isinstance(v, int)) != list(range(1, times + 1)):
+        raise Fail(f"the counter is right, but the values returned were not 1 to {times} once each "
+                   f"(some came back twice, or not at all)", _RETURN)
+
+
+@q82.test("one increment while another client wins the race twice")
+def _(run):
+    app = _counter(run)
+    wins = _RivalWins(app, puts=(1, 2))
+    server = run.serve(wins, "counter·rival")
+    call = run.call(run.client(), server.url + "/counters/hits")
+    final, rivals = _value(app), min(wins.seen, 2)
+    if final != rivals + 1:
+        if wins.seen == 0:
+            raise Fail(f"your answer made no PUT; the counter is {final}, expected 1", _RETRY)
+        what = ("your PUT got 409 Conflict (another client wrote first) and your answer did not try again"
+                if wins.seen == 1 else
+                "your first two PUTs got 409 Conflict (another client wrote first, twice)")
+        lost = "your increment was lost" if final == rivals else f"the counter is {final}"
+        raise Fail(f"{what}; {lost}: expected {rivals + 1} (the rival's {rivals} and yours)", _RETRY)
+    if call.value != final:
+        raise Fail(f"the counter is right ({final}), but your answer returned {show(call.value)}", _RETURN)
+
+
+@q82.test("60 increments from 4 threads at once")
+def _(run):
+    app = _counter(run)
+    server = run.serve(app, "counter·check")
+    call = _hammer(run, server.url + "/counters/hits", 60)
+    _judge(app, call.value, 60)
+
+
+@q82.test("20 increments from 4 threads through a link with 5 ms latency", seeds=(1, 2))
+def _(run):
+    app = _counter(run)
+    server = run.serve(app, "counter·check")
+    link = run.link(server, latency_ms=5, jitter_ms=3)
+    call = _hammer(run, link.url + "/counters/hits", 20)
+    _judge(app, call.value, 20)
+    peak = app.test_client().get("/stats").get_json()["max_in_flight"]
+    if peak < 2:
+        raise Fail("the counter is right, but no two of your calls were ever at the server at the same time: "
+                   "a lock held across the network serialises every client of this process "
+                   "(and does nothing for clients in other processes)",
+                   "do not hold a lock across the network; the version and the 409 already protect the counter")

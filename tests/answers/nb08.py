@@ -1,0 +1,150 @@
+"""Answers to notebook 08: the solutions, and wrong answers with the words their verdict must hold."""
+
+import threading
+
+from sqlalchemy import text
+
+
+def add_one(engine, name):
+    with engine.begin() as tx:
+        tx.execute(text("UPDATE counters SET value = value + 1, version = version + 1 WHERE name = :name"),
+                   {"name": name})
+        return tx.execute(text("SELECT value FROM counters WHERE name = :name"), {"name": name}).scalar_one()
+
+
+def increment_with_version(client, url):
+    while True:
+        counter = client.get(url).json()
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            response.raise_for_status()
+            return response.json()["value"]
+
+
+SOLUTIONS = {"q8.1": add_one, "q8.2": increment_with_version}
+
+_READ = text("SELECT value FROM counters WHERE name = :name")
+_WRITE = text("UPDATE counters SET value = :value WHERE name = :name")
+
+
+def add_one_read_then_write(engine, name):
+    """Read in one transaction, write in another: nothing stops a second reader in between."""
+    with engine.begin() as tx:
+        value = tx.execute(_READ, {"name": name}).scalar_one()
+    with engine.begin() as tx:
+        tx.execute(_WRITE, {"name": name, "value": value + 1})
+    return value + 1
+
+
+_read_lock = threading.Lock()
+
+
+def add_one_lock_around_the_read(engine, name):
+    """A lock, but only around the read: two threads still read the same value before either writes."""
+    with _read_lock:
+        with engine.begin() as tx:
+            value = tx.execute(_READ, {"name": name}).scalar_one()
+    with engine.begin() as tx:
+        tx.execute(_WRITE, {"name": name, "value": value + 1})
+    return value + 1
+
+
+def add_one_in_one_transaction(engine, name):
+    """Read then write inside one transaction: safe only where the database serialises transactions."""
+    with engine.begin() as tx:
+        value = tx.execute(_READ, {"name": name}).scalar_one()
+        tx.execute(_WRITE, {"name": name, "value": value + 1})
+    return value + 1
+
+
+def add_one_never_commits(engine, name):
+    with engine.connect() as connection:
+        connection.execute(text("UPDATE counters SET value = value + 1 WHERE name = :name"), {"name": name})
+        return connection.execute(_READ, {"name": name}).scalar_one()
+
+
+def add_one_every_counter(engine, name):
+    with engine.begin() as tx:
+        tx.execute(text("UPDATE counters SET value = value + 1"))
+        return tx.execute(_READ, {"name": name}).scalar_one()
+
+
+def add_one_returns_in_a_second_transaction(engine, name):
+    with engine.begin() as tx:
+        tx.execute(text("UPDATE counters SET value = value + 1 WHERE name = :name"), {"name": name})
+    with engine.begin() as tx:
+        return tx.execute(_READ, {"name": name}).scalar_one()
+
+
+def increment_read_modify_write(client, url):
+    """No protection: PUT whatever version is current now (a blind write)."""
+    counter = client.get(url).json()
+    current = client.get(url).json()["version"]
+    return client.put(url, json={"value": counter["value"] + 1, "version": current}).json()["value"]
+
+
+def increment_gives_up_after_one_conflict(client, url):
+    for _ in range(2):
+        counter = client.get(url).json()
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            return response.json()["value"]
+    return counter["value"] + 1
+
+
+def increment_retries_stale_version(client, url):
+    counter = client.get(url).json()
+    while True:
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            return response.json()["value"]
+
+
+def increment_ignores_conflict(client, url):
+    counter = client.get(url).json()
+    client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+    return counter["value"] + 1
+
+
+_big_lock = threading.Lock()
+
+
+def increment_under_global_lock(client, url):
+    with _big_lock:  # correct here, but it serialises every caller and protects nothing across processes
+        counter = client.get(url).json()
+        while True:
+            response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+            if response.status_code != 409:
+                return response.json()["value"]
+            counter = client.get(url).json()
+
+
+def increment_returns_version(client, url):
+    while True:
+        counter = client.get(url).json()
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            return response.json()["version"] - 1
+
+
+WRONG = [
+    ("q8.1", add_one_read_then_write, ["120 increments from 8 threads of a service at once",
+                                       "updates were lost", "UPDATE counters SET value = value + 1"]),
+    ("q8.1", add_one_lock_around_the_read, ["120 increments of 'hits' at once left it below 120", "updates were lost"]),
+    ("q8.1", add_one_in_one_transaction, ["your answer raised OperationalError", "database is locked",
+                                          "PostgreSQL would have let it overwrite the first"]),
+    ("q8.1", add_one_never_commits, ["after one call the counter is 0, not 1", "not engine.connect()"]),
+    ("q8.1", add_one_every_counter, ["two counters at once", "30 increments of 'a' at once left it at 50"]),
+    ("q8.1", add_one_returns_in_a_second_transaction, ["the values returned were not 1 to 120 once each",
+                                                       "SELECT it in the same transaction"]),
+    ("q8.2", increment_read_modify_write, ["another client wins the race twice", "did not try again",
+                                           "expected 2", "read the counter again and retry"]),
+    ("q8.2", increment_gives_up_after_one_conflict, ["your first two PUTs got 409 Conflict", "expected 3",
+                                                     "as many times as it takes"]),
+    ("q8.2", increment_retries_stale_version, ["stopped after 12 s", "read the counter again (GET) for its current version"]),
+    ("q8.2", increment_ignores_conflict, ["did not try again", "your increment was lost", "read the counter again and retry"]),
+    ("q8.2", increment_under_global_lock, ["20 increments from 4 threads through a link with 5 ms latency (seed 1)",
+                                           "no two of your calls were ever at the server at the same time",
+                                           "do not hold a lock across the network"]),
+    ("q8.2", increment_returns_version, ["the counter is right (3), but your answer returned 2", 'response.json()["value"] of the PUT']),
+]

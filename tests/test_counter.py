@@ -1,0 +1,234 @@
+"""The counter service of notebook 08, against real sockets, on SQLite and PostgreSQL.
+
+The unsafe increment loses updates under concurrency; the lock, the transaction (on
+SQLite), the atomic update and the versioned PUT do not; the lock stops protecting
+once two replicas share the database, the atomic update does not; a transaction
+that reads then writes is not enough on PostgreSQL's READ COMMITTED. Every endpoint
+answers malformed input with a JSON 4xx and leaves the counters as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import labkit
+from labkit.apps import counter as counter_module
+from labkit.apps import create
+from labkit.db import Database
+
+THREADS, EACH = 10, 8  # 80 increments from 10 threads at once
+
+
+@pytest.fixture
+def db(database_url):
+    database = Database(database_url)
+    yield database
+    database.close()
+
+
+def _hammer(lab, urls, path, threads=THREADS, each=EACH):
+    """``threads`` clients at once, each POSTing ``each`` times to path on urls[i % len(urls)]; the statuses."""
+    clients = [lab.client(f"c{n}", timeout=30) for n in range(threads)]
+    statuses, start = [], threading.Barrier(threads)
+
+    def work(n):
+        start.wait(10)
+        for _ in range(each):
+            statuses.append(clients[n].post(urls[n % len(urls)] + path).status_code)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(60)
+    return statuses
+
+
+def _serve(lab, db, pause_ms=5, name="counter"):
+    server = lab.serve(create("counter", database=db, pause_ms=pause_ms), name=name)
+    requests.post(server.url + "/counters", json={"name": "hits"}, timeout=10).raise_for_status()
+    return server
+
+
+def _value(server):
+    return requests.get(server.url + "/counters/hits", timeout=10).json()["value"]
+
+
+def test_the_unsafe_increment_loses_updates(lab, db):
+    server = _serve(lab, db)
+    statuses = _hammer(lab, [server.url], "/counters/hits/increment/unsafe")
+    assert statuses == [200] * THREADS * EACH
+    assert _value(server) < THREADS * EACH
+
+
+@pytest.mark.parametrize("how", ["locked", "atomic"])
+def test_the_lock_and_the_atomic_update_lose_nothing(lab, db, how):
+    server = _serve(lab, db)
+    assert _hammer(lab, [server.url], f"/counters/hits/increment/{how}") == [200] * THREADS * EACH
+    body = requests.get(server.url + "/counters/hits", timeout=10).json()
+    assert body == {"name": "hits", "value": THREADS * EACH, "version": THREADS * EACH}
+
+
+def test_a_read_then_write_transaction_is_safe_on_sqlite_only(lab, db):
+    server = _serve(lab, db)
+    _hammer(lab, [server.url], "/counters/hits/increment/transaction")
+    if db.engine.dialect.name == "sqlite":  # BEGIN IMMEDIATE: one writing transaction at a time
+        assert _value(server) == THREADS * EACH
+    else:  # READ COMMITTED: two transactions read the same value, and both write
+        assert _value(server) < THREADS * EACH
+
+
+def test_a_lock_in_each_replica_does_not_protect_the_shared_database(lab, db):
+    one = _serve(lab, db, name="counter-1")
+    two = lab.serve(create("counter", database=db, pause_ms=5), name="counter-2")
+    _hammer(lab, [one.url, two.url], "/counters/hits/increment/locked")
+    assert _value(one) < THREADS * EACH
+    requests.put(one.url + "/counters/hits", json={"value": 0, "version": _version(one)}, timeout=10).raise_for_status()
+    _hammer(lab, [one.url, two.url], "/counters/hits/increment/atomic")
+    assert _value(one) == _value(two) == THREADS * EACH
+
+
+def _version(server):
+    return requests.get(server.url + "/counters/hits", timeout=10).json()["version"]
+
+
+def test_put_is_a_compare_and_set(lab, db):
+    server = _serve(lab, db)
+    url = server.url + "/counters/hits"
+    alice, bob = lab.client("alice"), lab.client("bob")
+    read_a, read_b = alice.get(url).json(), bob.get(url).json()
+    first = alice.put(url, json={"value": read_a["value"] + 1, "version": read_a["version"]})
+    second = bob.put(url, json={"value": read_b["value"] + 1, "version": read_b["version"]})
+    assert (first.status_code, first.json()) == (200, {"name": "hits", "value": 1, "version": 1})
+    assert second.status_code == 409
+    assert {k: second.json()[k] for k in ("value", "version")} == {"value": 1, "version": 1}
+    assert "out of date" in second.json()["error"]
+    assert bob.put(url, json={"value": 2, "version": 1}).json()["value"] == 2
+
+
+def test_every_versioned_increment_counts(lab, db):
+    server = _serve(lab, db, pause_ms=0)
+    url = server.url + "/counters/hits"
+    clients = [lab.client(f"c{n}", timeout=30) for n in range(5)]
+    conflicts = []
+
+    def work(client):
+        for _ in range(10):
+            while True:
+                read = client.get(url).json()
+                response = client.put(url, json={"value": read["value"] + 1, "version": read["version"]})
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 409
+                conflicts.append(1)
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(60)
+    assert _value(server) == 50
+
+
+def test_create_and_unknown_counters(lab, db):
+    server = _serve(lab, db)
+    again = requests.post(server.url + "/counters", json={"name": "hits"}, timeout=10)
+    assert again.status_code == 409 and "exists already" in again.json()["error"]
+    for method, path in [("GET", "/counters/nope"), ("PUT", "/counters/nope"),
+                         ("POST", "/counters/nope/increment/atomic"), ("POST", "/counters/nope/increment/unsafe")]:
+        response = requests.request(method, server.url + path, json={"value": 1, "version": 0}, timeout=10)
+        assert response.status_code == 404 and "no counter 'nope'" in response.json()["error"]
+    listed = requests.get(server.url + "/counters", timeout=10).json()
+    assert listed == {"counters": [{"name": "hits", "value": 0, "version": 0}]}
+
+
+def test_one_thread_per_connection(lab):
+    server = lab.serve(create("counter"), name="counter")
+    clients = [lab.client(f"c{n}", timeout=10) for n in range(6)]
+    threads, start = [], threading.Barrier(6)
+
+    def work(client):
+        start.wait(10)
+        threads.append(client.get(server.url + "/whoami?ms=300").json()["thread"])
+
+    workers = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(10)
+    assert len(threads) == 6 and len(set(threads)) == 6
+    # one client, one kept-alive connection: the same thread every time
+    assert len({clients[0].get(server.url + "/whoami").json()["thread"] for _ in range(4)}) == 1
+    stats = requests.get(server.url + "/stats", timeout=10).json()
+    assert stats["max_in_flight"] >= 2 and stats["in_flight"] == 0
+
+
+def test_pause_must_be_sensible():
+    with pytest.raises(ValueError, match="pause_ms"):
+        create("counter", pause_ms=-1)
+
+
+# -- malformed input ------------------------------------------------------------------------
+
+ENDPOINTS = [("GET", "/counters"), ("POST", "/counters"), ("GET", "/counters/{id}"), ("PUT", "/counters/{id}"),
+             ("POST", "/counters/{id}/increment/{how}"), ("GET", "/whoami"), ("GET", "/stats"),
+             ("DELETE", "/counters/{id}")]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["name", "value", "version"])
+                                                                 | st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+bodies = st.one_of(
+    st.none(),
+    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
+    st.binary(max_size=100).map(lambda b: ("application/json", b)),
+    st.binary(min_size=1, max_size=40).map(lambda b: ("application/json", b"\xff\xfe" + b)),
+    st.text(max_size=40).map(lambda t: ("text/plain", t.encode())),
+    st.just(("application/json", b'{"name": "' + b"x" * (70 * 1024) + b'"}')),
+)
+ids = st.one_of(st.sampled_from(["hits", "nope", "HITS", "a" * 41, "-1", "0", "x y", "é", "..."]),
+                st.text(min_size=1, max_size=45).filter(lambda t: "/" not in t and t not in (".", "..")))
+hows = st.sampled_from(["unsafe", "locked", "transaction", "atomic", "fast", "ATOMIC", ""]) | st.text(max_size=8)
+queries = st.dictionaries(st.sampled_from(["ms", "name", "how"]),
+                          st.sampled_from(["", "-1", "1e3", "2001", "9" * 30, "abc", "١٢", "²", "true"]) | st.text(max_size=4), max_size=2)
+
+
+@pytest.fixture(scope="module")
+def malformed_target():
+    with labkit.serve(create("counter", pause_ms=0), name="counter·malformed", trace=labkit.Trace()) as server, \
+            requests.Session() as session:
+        session.trust_env = False
+        session.post(server.url + "/counters", json={"name": "hits"}, timeout=10).raise_for_status()
+        yield server, session
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_input_gets_a_json_4xx_and_changes_nothing(malformed_target, data):
+    server, session = malformed_target
+    method, template = data.draw(st.sampled_from(ENDPOINTS), label="endpoint")
+    path = template.replace("{id}", requests.utils.quote(data.draw(ids, label="id"), safe=""))
+    path = path.replace("{how}", requests.utils.quote(data.draw(hows, label="how"), safe=""))
+    body = data.draw(bodies, label="body")
+    before = session.get(server.url + "/counters", timeout=10).json()
+    response = session.request(method, server.url + path, params=data.draw(queries, label="query"),
+                               data=body[1] if body else None,
+                               headers={"Content-Type": body[0]} if body else {}, timeout=10)
+    assert response.status_code < 500, (method, path, response.status_code, response.text[:200])
+    if response.status_code >= 400:
+        assert response.headers["Content-Type"] == "application/json", (method, path, response.text[:200])
+        error = response.json()["error"]
+        assert isinstance(error, str) and error
+        assert session.get(server.url + "/counters", timeout=10).json() == before
+
+
+def test_the_module_documents_every_way_to_increment():
+    for how in counter_module.HOW:
+        assert how in counter_module.__doc__
