@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.apps import create
-from labkit.apps._errors import MAX_BODY_BYTES
 from labkit.apps.auth import FAST_HASHING, Clock, forge, forge_hs256
+
+import malformed
 
 USERS = {
     "alice": ("alice's password", ["reader", "writer"]),
@@ -277,30 +278,14 @@ def test_a_notes_service_takes_a_key_or_a_secret_not_both():
 # -- malformed input --------------------------------------------------------------------------
 
 FIELDS = ["username", "password", "audience", "text", "roles"]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12,
-)
-bodies = st.one_of(
-    st.none(),
-    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.fixed_dictionaries({}, optional={f: json_values for f in FIELDS}).map(
-        lambda v: ("application/json", json.dumps(v).encode())),
-    st.binary(max_size=200).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=50).map(lambda b: ("application/json", b"\xff\xfe" + b)),
-    st.text(max_size=50).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"text": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}')),
-)
+bodies = malformed.bodies(FIELDS)
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255).filter(lambda c: c != "\x7f"), max_size=40)
 authorizations = st.one_of(
     st.none(), st.just("VALID"), header_text.map(lambda t: "Bearer " + t),
     st.sampled_from(["Bearer", "Basic YWxpY2U6cHc=", "bearer a.b.c", "Bearer e30.e30.", "Bearer \u00e9.\u00e9.\u00e9"]),
     header_text.filter(lambda t: t[:1] not in (" ", "")),
 )
-ids = st.one_of(st.integers(-10**20, 10**20).map(str), st.text(min_size=1, max_size=20).filter(
-    lambda t: "/" not in t and t not in (".", "..")))
+ids = malformed.path_ids()
 
 
 @pytest.fixture(scope="module")

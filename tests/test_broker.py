@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 import labkit
 from labkit.apps import broker as broker_module
 from labkit.apps import create, worker
-from labkit.apps._errors import MAX_BODY_BYTES
+
+import malformed
 
 SECRETS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 
@@ -298,24 +299,11 @@ ENDPOINTS = {
     "worker": [("GET", "/"), ("GET", "/hello"), ("POST", "/jobs"), ("GET", "/stats"), ("DELETE", "/jobs")],
 }
 FIELDS = ["name", "kind", "url", "secret", "load", "numbers", "token"]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-    | st.sampled_from(["alice", "bob", "worker", "alice-secret", "x" * 300]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), inner,
-                                                                max_size=5),
-    max_leaves=12,
-)
-bodies = st.one_of(
-    st.none(),
-    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.binary(max_size=100).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=40).map(lambda b: ("application/json", b"\xff\xfe" + b)),
-    st.text(max_size=40).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"name": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}')),
-)
-ids = st.one_of(st.sampled_from(["alice", "bob", "dave", "0", "-1"]),
-                st.text(min_size=1, max_size=20).filter(lambda t: "/" not in t and t not in (".", "..")))
-authorization = st.one_of(st.none(), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30), st.just("Bearer "), st.just("Bearer not.a.token"))
+bodies = malformed.bodies(FIELDS, ["alice", "bob", "worker", "alice-secret", "x" * 300])
+ids = malformed.path_ids(["alice", "bob", "dave"])
+# Header values requests can send: printable ASCII, no whitespace at either end.
+authorization = st.one_of(st.none(), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(str.strip),
+                          st.just("Bearer not.a.token"))
 
 
 @pytest.fixture(scope="module")

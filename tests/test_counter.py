@@ -9,7 +9,6 @@ answers malformed input with a JSON 4xx and leaves the counters as they were.
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -21,6 +20,8 @@ import labkit
 from labkit.apps import counter as counter_module
 from labkit.apps import create
 from labkit.db import Database
+
+import malformed
 
 THREADS, EACH = 10, 8  # 80 increments from 10 threads at once
 
@@ -179,22 +180,8 @@ def test_pause_must_be_sensible():
 ENDPOINTS = [("GET", "/counters"), ("POST", "/counters"), ("GET", "/counters/{id}"), ("PUT", "/counters/{id}"),
              ("POST", "/counters/{id}/increment/{how}"), ("GET", "/whoami"), ("GET", "/stats"),
              ("DELETE", "/counters/{id}")]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["name", "value", "version"])
-                                                                 | st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-)
-bodies = st.one_of(
-    st.none(),
-    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.binary(max_size=100).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=40).map(lambda b: ("application/json", b"\xff\xfe" + b)),
-    st.text(max_size=40).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"name": "' + b"x" * (70 * 1024) + b'"}')),
-)
-ids = st.one_of(st.sampled_from(["hits", "nope", "HITS", "a" * 41, "-1", "0", "x y", "é", "..."]),
-                st.text(min_size=1, max_size=45).filter(lambda t: "/" not in t and t not in (".", "..")))
+bodies = malformed.bodies(["name", "value", "version"])
+ids = malformed.path_ids(["hits", "nope", "HITS", "a" * 41, "x y", "é", "..."])
 hows = st.sampled_from(["unsafe", "locked", "transaction", "atomic", "fast", "ATOMIC", ""]) | st.text(max_size=8)
 queries = st.dictionaries(st.sampled_from(["ms", "name", "how"]),
                           st.sampled_from(["", "-1", "1e3", "2001", "9" * 30, "abc", "١٢", "²", "true"]) | st.text(max_size=4), max_size=2)

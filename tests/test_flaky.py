@@ -7,7 +7,6 @@ charges once, and /stats counts every request the service received.
 
 from __future__ import annotations
 
-import json
 import threading
 
 import pytest
@@ -17,7 +16,8 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.apps import create, flaky
-from labkit.apps._errors import MAX_BODY_BYTES
+
+import malformed
 
 
 def _flaky(lab, **options):
@@ -189,20 +189,7 @@ def test_create_app_refuses_wrong_options(options):
 ENDPOINTS = [("POST", "/charge"), ("GET", "/price"), ("PUT", "/faults"), ("GET", "/stats"), ("GET", "/faults"),
              ("DELETE", "/charge"), ("GET", "/{id}")]
 NAMES = ["amount", "item", "error_rate", "capacity", "slow_ms", "recover_s", "error_status"]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12,
-)
-bodies = st.one_of(
-    st.none(),
-    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.binary(max_size=200).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=50).map(lambda b: ("application/json", b"\xff\xfe" + b)),
-    st.text(max_size=50).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"amount": "' + b"9" * (MAX_BODY_BYTES + 10) + b'"}')),
-)
+bodies = malformed.bodies(NAMES)
 # Header values that requests can send: no control characters, no leading space.
 keys = st.none() | (st.text(st.characters(blacklist_categories=("Cc",)), max_size=300)
                     | st.sampled_from(["", "a b", "k" * 256, "order-1", "é"])).map(str.lstrip)

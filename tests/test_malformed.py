@@ -9,7 +9,6 @@ is what it was before. (Each later service has the same test in its own file.)
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -19,7 +18,8 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.apps import create
-from labkit.apps._errors import MAX_BODY_BYTES
+
+import malformed
 
 #: service -> (endpoints as (method, path with {id}), the GETs whose answers are its state)
 SERVICES = {
@@ -33,27 +33,12 @@ SERVICES = {
 DESIGNED = {("weather", "/broken")}
 
 PARAMS = ["name", "after", "wait", "city", "ids", "id", "text"]
-ODD_TEXT = ["", " ", "-1", "0", "nan", "inf", "-inf", "1e400", "true", "null", "0x10", "١٢", "9" * 40, "\x00", "é" * 200]
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(PARAMS) | st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12,
-)
-bodies = st.one_of(
-    st.none(),
-    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.binary(max_size=200).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=50).map(lambda b: ("application/json", b"\xff\xfe" + b)),  # not UTF-8
-    st.text(max_size=50).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"text": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}')),  # too large
-)
-query_values = (st.text(max_size=30) | st.sampled_from(ODD_TEXT) | st.integers().map(str)).filter(
+bodies = malformed.bodies(PARAMS)
+query_values = (st.text(max_size=30) | st.sampled_from(malformed.ODD_TEXT) | st.integers().map(str)).filter(
     lambda v: not _is_long_wait(v))
 queries = st.dictionaries(st.sampled_from(PARAMS) | st.text(min_size=1, max_size=8), query_values, max_size=4)
-ids = st.one_of(st.integers(-10**20, 10**20).map(str), st.text(min_size=1, max_size=20).filter(lambda t: "/" not in t
-                                                                                                 and t not in (".", "..")))
+ids = malformed.path_ids()
 
 
 def _is_long_wait(value: str) -> bool:

@@ -6,7 +6,6 @@ time; one test uses the real clock with a generous bound that only catches a han
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -17,8 +16,9 @@ from hypothesis import strategies as st
 
 import labkit
 from labkit.apps import create
-from labkit.apps._errors import MAX_BODY_BYTES
 from labkit.apps.registry import MAX_TTL_S, ManualClock
+
+import malformed
 
 
 @pytest.fixture
@@ -224,24 +224,8 @@ def test_bad_options_are_refused(options):
 # -- malformed input: a JSON 4xx, and nothing changes -----------------------------------------
 
 PARAMS = ["id", "url", "ttl", "slow_ms", "healthy", "service"]
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-    | st.sampled_from(["inv-1", "http://127.0.0.1:5001", "http://x:1/", ""]) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(PARAMS) | st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12,
-)
-bodies = st.one_of(
-    st.none(),
-    json_values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.binary(max_size=200).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=50).map(lambda b: ("application/json", b"\xff\xfe" + b)),  # not UTF-8
-    st.text(max_size=50).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"id": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}')),  # too large
-)
-ids = st.one_of(st.sampled_from(["inventory", "inv-1", "x" * 65, "-a", "é"]),
-                st.integers(-10**20, 10**20).map(str),
-                st.text(min_size=1, max_size=20).filter(lambda t: "/" not in t and t not in (".", "..")))
+bodies = malformed.bodies(PARAMS, ["inv-1", "http://127.0.0.1:5001", "http://x:1/"])
+ids = malformed.path_ids(["inventory", "inv-1", "x" * 65, "-a", "é"])
 
 REGISTRY_ENDPOINTS = [("POST", "/services/{a}/instances"), ("PUT", "/services/{a}/instances/{b}/heartbeat"),
                       ("DELETE", "/services/{a}/instances/{b}"), ("GET", "/services/{a}"), ("GET", "/services"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import json
 import threading
 
 import pytest
@@ -22,9 +21,10 @@ from sqlalchemy import func, select
 
 import labkit
 from labkit.apps import _store, create
-from labkit.apps._errors import MAX_BODY_BYTES
 from labkit.apps._store import orders, payments, products
 from labkit.db import Database
+
+import malformed
 
 
 def _store_on(lab, db, *, payment_link: dict | None = None, **payment_options):
@@ -224,27 +224,10 @@ STATE = [("catalogue", "/products"), ("payment", "/charges"), ("payment", "/admi
 FIELDS = ["sku", "qty", "name", "price_cents", "stock", "amount_cents", "fail", "key"]
 ODD = ["", " ", "mug", "cap", "-1", "0", "1", "nan", "true", "null", "\x00", "é" * 50, "9" * 40]
 
-values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | st.sampled_from(ODD)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), inner,
-                                                                max_size=4),
-    max_leaves=10,
-)
-bodies = st.one_of(
-    st.none(),
-    values.map(lambda v: ("application/json", json.dumps(v).encode())),
-    st.fixed_dictionaries({}, optional={f: values for f in FIELDS}).map(lambda d: ("application/json",
-                                                                                  json.dumps(d).encode())),
-    st.binary(max_size=100).map(lambda b: ("application/json", b)),
-    st.binary(min_size=1, max_size=30).map(lambda b: ("application/json", b"\xff\xfe" + b)),
-    st.text(max_size=30).map(lambda t: ("text/plain", t.encode())),
-    st.just(("application/json", b'{"sku": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}')),
-)
+bodies = malformed.bodies(FIELDS, ODD)
 keys = st.none() | st.sampled_from(["", "k", "é", "x" * 101, "a\tb"]) | st.text(
     st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=12).filter(lambda k: k == k.strip())
-ids = st.one_of(st.integers(-10**20, 10**20).map(str), st.sampled_from(ODD[:6]),
-                st.text(min_size=1, max_size=15).filter(lambda t: "/" not in t and t not in (".", "..")))
+ids = malformed.path_ids(ODD)
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +300,21 @@ def test_the_page_buys_in_a_real_browser_behind_a_proxy_path(lab):
         finally:
             browser.close()
     assert _store.counts(db.engine, "mug") == {"stock": 9, "orders": 1, "payments": 1}
+
+
+def test_the_solution_cell_is_the_services_own_checkout():
+    """Notebook 04's answer to q4.1 and the orders service's checkout are one code: they must not drift."""
+    import inspect
+    from pathlib import Path
+
+    import nbformat
+
+    notebook = Path(__file__).resolve().parents[1] / "solutions" / "04_microservices.ipynb"
+    cell = next(c for c in nbformat.read(notebook, as_version=4).cells
+                if c.metadata.get("labkit", {}).get("question") == "q4.1" and c.metadata["labkit"]["role"] == "answer")
+
+    def body(source):  # the code after the docstring, markers and blank lines left out
+        source = source.split('"""', 2)[2]
+        return [line for line in source.splitlines() if line.strip() and "SOLUTION" not in line]
+
+    assert body(cell.source) == body(inspect.getsource(_store.checkout))

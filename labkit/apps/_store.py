@@ -196,6 +196,10 @@ def json_object(example: str) -> dict:
     return body
 
 
+#: The largest id a database's BIGINT holds (and SQLite's INTEGER).
+MAX_ID = 2**63 - 1
+
+
 def whole_number(body: dict, field: str, low: int, high: int) -> int:
     value = body.get(field)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -141,7 +141,7 @@ def create_app(*, db=None, url: str | None = None, payment_url: str | None = Non
             c.rollback()
         return jsonify(orders=rows)
 
-    @app.get("/orders/<int:order_id>")
+    @app.get(f"/orders/<int(max={_store.MAX_ID}):order_id>")  # a larger id is no order (404), not an overflow
     def get_order(order_id: int):
         with engine.connect() as c:
             row = _store.order_row(c, order_id)

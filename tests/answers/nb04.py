@@ -4,34 +4,10 @@ import uuid
 
 from sqlalchemy import insert, select, update
 
-from labkit.apps._store import orders, payments, products
+from labkit.apps._store import checkout, orders, payments, products
 
 
-def checkout(engine, sku, qty, key, pay):
-    with engine.begin() as tx:
-        # 1. A retry of an order already made? Give the first answer again; charge nothing.
-        done = tx.execute(select(orders.c.id).where(orders.c.key == key)).scalar()
-        if done is not None:
-            return done
-        # 2. Take the stock only if there is enough: one conditional UPDATE, never read-then-write.
-        taken = tx.execute(
-            update(products)
-            .where(products.c.sku == sku, products.c.stock >= qty)
-            .values(stock=products.c.stock - qty)
-        ).rowcount
-        if taken == 0:
-            return None
-        price = tx.execute(select(products.c.price_cents).where(products.c.sku == sku)).scalar_one()
-        amount = price * qty
-        order_id = tx.execute(
-            insert(orders).values(key=key, sku=sku, qty=qty, amount_cents=amount)
-        ).inserted_primary_key[0]
-        # 3. Pay. PaymentFailed leaves the with block: the order and the stock are rolled back.
-        reference = pay(amount)
-        tx.execute(insert(payments).values(order_id=order_id, amount_cents=amount, reference=reference))
-    return order_id
-
-
+# The solution cell's code is the orders service's own checkout (tests/test_store.py keeps them equal).
 SOLUTIONS = {"q4.1": checkout}
 
 
