@@ -285,6 +285,9 @@ class Server:
             self._stop(timeout)
 
     def _stop(self, timeout: float) -> None:
+        with _registry_lock:  # no longer running: gone from the registry before anything else
+            if _registry.get(self.name) is self:
+                del _registry[self.name]
         self._wake_w.send(b"x")
         if self._thread.ident is not None:  # it started
             self._thread.join(timeout)
@@ -298,9 +301,6 @@ class Server:
         self._wake_r.close()
         self._wake_w.close()
         _trace.forget_name(("127.0.0.1", self.port))
-        with _registry_lock:
-            if _registry.get(self.name) is self:
-                del _registry[self.name]
 
     def _check_running(self) -> None:
         if not self.running:
