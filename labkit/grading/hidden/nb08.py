@@ -94,34 +94,47 @@ def _service(run, engine):
     return run.serve(app, "counter·check"), errors
 
 
-def _post_many(run, url: str, names: list, threads: int):
-    """POST url/counters/<name>/increment for each name, from ``threads`` clients at once (one check call)."""
-    clients = [run.client(f"you-{n}", timeout=20) for n in range(1, threads + 1)]
-    start = threading.Barrier(threads)
+def _at_once(run, clients: list, count: int, one) -> list:
+    """``one(client, index)`` for every index below ``count``, spread over ``clients``, each client in a
+    thread of its own, all started together; their values, by index.
+
+    Runs as one call of the check (one time limit for all). The first error raised in any
+    thread is raised again, so the verdict names it.
+    """
+    start = threading.Barrier(len(clients))
 
     def many():
-        values, problems = [None] * len(names), []
+        values, errors = [None] * count, []
 
         def worker(number):
             try:
                 start.wait(5)
-                for index in range(number, len(names), threads):
-                    response = clients[number].post(f"{url}/counters/{names[index]}/increment")
-                    values[index] = response.json().get("value") if response.status_code == 200 else None
-            except BaseException as error:
-                problems.append(error)
+                for index in range(number, count, len(clients)):
+                    values[index] = one(clients[number], index)
+            except BaseException as error:  # carried to the verdict
+                errors.append(error)
 
         workers = [threading.Thread(target=worker, args=(n,), name="labkit-check-helper", daemon=True)
-                   for n in range(threads)]
+                   for n in range(len(clients))]
         for thread in workers:
             thread.start()
         for thread in workers:
             thread.join()
-        if problems:
-            raise problems[0]
+        if errors:
+            raise errors[0]
         return values
 
     return run.call_with(many)
+
+
+def _post_many(run, url: str, names: list, threads: int):
+    """POST url/counters/<name>/increment for each name, from ``threads`` clients at once (one check call)."""
+
+    def post(client, index):
+        response = client.post(f"{url}/counters/{names[index]}/increment")
+        return response.json().get("value") if response.status_code == 200 else None
+
+    return _at_once(run, [run.client(f"you-{n}", timeout=20) for n in range(1, threads + 1)], len(names), post)
 
 
 def _judge_service(errors, engine, expected: dict, values: list) -> None:
@@ -225,37 +238,10 @@ class _RivalWins:
 
 
 def _hammer(run, url: str, times: int, threads: int = THREADS):
-    """Call the answer ``times`` times from ``threads`` threads at once; return the values it returned.
-
-    Runs as one call of the check (one time limit for all). The first error an answer
-    raises in any thread is raised again, so the verdict names it.
-    """
+    """Call the answer ``times`` times from ``threads`` clients at once; return the values it returned."""
     answer = run.answer
-    clients = [run.client(f"you-{n}") for n in range(1, threads + 1)]
-    start = threading.Barrier(threads)
-
-    def many():
-        values, errors = [None] * times, []
-
-        def worker(number):
-            try:
-                start.wait(5)
-                for index in range(number, times, threads):
-                    values[index] = answer(clients[number], url)
-            except BaseException as error:  # carried to the verdict
-                errors.append(error)
-
-        workers = [threading.Thread(target=worker, args=(n,), name="labkit-check-helper", daemon=True)
-                   for n in range(threads)]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
-        if errors:
-            raise errors[0]
-        return values
-
-    return run.call_with(many)
+    return _at_once(run, [run.client(f"you-{n}") for n in range(1, threads + 1)], times,
+                    lambda client, _: answer(client, url))
 
 
 def _judge(app, values, times: int) -> None:
