@@ -16,9 +16,11 @@ never read the same row and then both write it), and a writer waits up to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 
 import sqlalchemy
 from sqlalchemy import event
@@ -67,6 +69,27 @@ class Database:
 
     def __repr__(self) -> str:
         return f"<Database {self.engine.dialect.name}>"
+
+
+@contextlib.contextmanager
+def scratch(server_url: str, prefix: str = "labkit"):
+    """A new, empty database on the server ``server_url`` names (PostgreSQL), dropped afterwards; yields its URL.
+
+        >>> with labkit.db.scratch("postgresql+psycopg://labkit@127.0.0.1/postgres") as url:   # doctest: +SKIP
+        ...     db = Database(url)
+    """
+    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        try:
+            yield admin.url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.dispose()
 
 
 def _options(url: str) -> dict:

@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import uuid
 import threading
 import time
 
@@ -184,15 +183,7 @@ def database_url(request, tmp_path):
     if not server:
         pytest.skip(f"no PostgreSQL server: set {POSTGRES_ENV} to a URL such as "
                     f"postgresql+psycopg://labkit:labkit@127.0.0.1:5432/postgres (.ci/run does)")
-    import sqlalchemy
+    import labkit.db
 
-    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"labkit_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE {name}")
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.dispose()
+    with labkit.db.scratch(server, prefix="labkit_test") as url:
+        yield url

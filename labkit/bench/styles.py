@@ -8,7 +8,6 @@ import itertools
 import math
 import os
 import time
-import uuid
 
 from .tools import Plan, alternate, entry, measures, median, not_measured
 
@@ -123,22 +122,6 @@ def bench_broker(plan: Plan, keys: set) -> dict:
 LEVELS = (1, 8, 64)
 
 
-@contextlib.contextmanager
-def _scratch_postgres(server_url: str):
-    import sqlalchemy
-
-    admin = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"labkit_bench_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-        yield admin.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
-
-
 def _rate(url: str, buyers: int, per_buyer: int, counter) -> float:
     """Checkouts per second with ``buyers`` concurrent buyers, ``per_buyer`` checkouts each."""
     import labkit
@@ -198,7 +181,9 @@ def bench_checkout(plan: Plan, keys: set) -> dict:
     backends = {"sqlite": contextlib.nullcontext(None)}
     server = os.environ.get("LABKIT_TEST_POSTGRES_URL")
     if server:
-        backends["postgresql"] = _scratch_postgres(server)
+        from labkit.db import scratch
+
+        backends["postgresql"] = scratch(server, prefix="labkit_bench")
     for backend, url_context in backends.items():
         wanted = [k for k in keys if k.endswith(backend)]
         if not wanted:
