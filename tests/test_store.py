@@ -83,13 +83,28 @@ def test_a_failed_payment_rolls_the_whole_checkout_back(lab, db):
     assert declined.status_code == 402 and "declined" in declined.json()["error"]
     assert _store.counts(db.engine) == before
     me.put(payment.url + "/admin", json={"fail": 0})
+    again = buy(me, orders_.url, key="d")  # a decline is the key's answer for good
+    assert again.status_code == 402 and "new Idempotency-Key" in again.json()["error"]
+    assert me.get(payment.url + "/charges").json() == {"charges": 0, "declined": 1}
     to_payment.down = True
-    unreachable = buy(me, orders_.url, key="d")
+    unreachable = buy(me, orders_.url, key="e")
     assert unreachable.status_code == 503 and "refused" in unreachable.json()["error"]
     assert _store.counts(db.engine) == before
     to_payment.down = False
-    assert buy(me, orders_.url, key="d").status_code == 201  # the same key, once the payment works
+    assert buy(me, orders_.url, key="e").status_code == 201  # the same key, once the payment works
     assert _store.counts(db.engine)["orders"] == before["orders"] + 1
+
+
+def test_a_late_twin_of_a_declined_checkout_is_declined_too(lab, db):
+    """A request delayed on its way must not turn a purchase the buyer was told was declined into a charge."""
+    _, payment, _, orders_, _ = _store_on(lab, db, fail=1.0)
+    me = lab.client("me", timeout=10)
+    assert buy(me, orders_.url, key="t").status_code == 402
+    me.put(payment.url + "/admin", json={"fail": 0})
+    late = buy(me, orders_.url, key="t")  # the first attempt, arriving after its retry was answered
+    assert late.status_code == 402
+    assert _store.counts(db.engine, "mug") == {"stock": 10, "orders": 0, "payments": 0}
+    assert me.get(payment.url + "/charges").json() == {"charges": 0, "declined": 1}
 
 
 def test_a_slow_payment_that_times_out_rolls_back_and_the_retry_charges_once(lab, db):

@@ -2,7 +2,8 @@
 
     POST /checkout            {"sku": "mug", "qty": 1} with an ``Idempotency-Key: K`` header
                               -> 201 {"order": {"id", "sku", "qty", "amount_cents", "payment"}}
-                              404 unknown sku, 409 not enough stock, 402 payment declined,
+                              404 unknown sku, 409 not enough stock, 402 payment declined
+                              (for good: a new attempt takes a new key),
                               503 the payment service did not answer, 422 the key was used
                               for another order. The same key again gives the first answer
                               again (header ``Idempotent-Replayed: true``): a retry never
@@ -77,7 +78,8 @@ def create_app(*, db=None, url: str | None = None, payment_url: str | None = Non
                 if answer.status_code == 201:
                     return answer.json()["reference"]
                 if answer.status_code == 402:
-                    raise PaymentFailed("the payment was declined; nothing was bought", 402)
+                    raise PaymentFailed("the payment was declined; nothing was bought; a new attempt needs a new "
+                                        "Idempotency-Key", 402)
                 problem = f"status {answer.status_code}"
             raise PaymentFailed(f"the payment service did not answer ({problem}); nothing was bought: "
                                 f"try again with the same Idempotency-Key", 503)

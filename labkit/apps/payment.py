@@ -2,9 +2,9 @@
 
     POST /charges             {"amount_cents": 1200} with an ``Idempotency-Key: K`` header
                               -> 201 {"reference", "amount_cents"}; 402 if declined.
-                              The same key again gives the first answer again (and the
-                              header ``Idempotent-Replayed: true``): a retry never charges twice.
-                              The same key with another amount: 409.
+                              The same key again gives the first answer again, a decline
+                              included (and the header ``Idempotent-Replayed: true``): a
+                              retry never charges twice. The same key with another amount: 409.
     GET  /charges             {"charges": n, "declined": n}: how many charges made, refused
     GET  /admin               {"fail": p, "delay_ms": ms}: the fault settings
     PUT  /admin               {"fail": 0.0-1.0, "delay_ms": 0-10000} (either or both): change them;
@@ -14,8 +14,10 @@
 
 It stands for an outside card processor, so its ledger of charges (by key) lives in
 its own memory, not in the store's database; the checkout records each payment in
-the ``payments`` table inside its own transaction. A decline charges nothing, so it
-is not remembered: a retry is decided afresh. Declines are drawn from ``seed``.
+the ``payments`` table inside its own transaction. A decline is remembered like a
+charge: were a retry decided afresh, a request still on its way with the same key
+could turn a purchase the buyer was told was declined into a charge. A new attempt
+takes a new key. Declines are drawn from ``seed``.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def create_app(*, db=None, url: str | None = None, fail: float = 0.0, delay_ms: 
     app.config["database"] = database
     lock = threading.Lock()
     rng = random.Random(seed)
-    charges: dict[str, dict] = {}   # key -> the charge made for it
-    declined = [0]
+    answers: dict[str, tuple[int, int, dict]] = {}   # key -> (amount, status, body) of its first answer
+    made = {201: 0, 402: 0}                            # charges made, declined
 
     @app.errorhandler(BadRequest)
     def bad_request(error: BadRequest):
@@ -83,24 +85,27 @@ def create_app(*, db=None, url: str | None = None, fail: float = 0.0, delay_ms: 
         if delay_s:
             time.sleep(delay_s)  # a slow processor (outside the lock: other charges go on)
         with lock:
-            made = charges.get(key)
-            if made is not None:
-                if made["amount_cents"] != amount:
-                    return jsonify(error=f"the Idempotency-Key {key!r:.60} was used for a charge of "
-                                         f"{made['amount_cents']} cents, not {amount}; use a new key"), 409
-                response = jsonify(made)
-                response.headers["Idempotent-Replayed"] = "true"
-                return response, 201
-            if rng.random() < fail_p:
-                declined[0] += 1
-                return jsonify(error=f"the card was declined for {amount} cents; nothing was charged"), 402
-            made = charges[key] = {"reference": f"pay-{len(charges) + 1:04d}", "amount_cents": amount}
-        return jsonify(made), 201
+            first = answers.get(key)
+            replayed = first is not None
+            if first is None:
+                status = 402 if rng.random() < fail_p else 201
+                made[status] += 1
+                body = ({"reference": f"pay-{made[201]:04d}", "amount_cents": amount} if status == 201 else
+                        {"error": f"the card was declined for {amount} cents; nothing was charged; "
+                                  f"a new attempt needs a new Idempotency-Key"})
+                first = answers[key] = (amount, status, body)
+        if first[0] != amount:
+            return jsonify(error=f"the Idempotency-Key {key!r:.60} was used for a charge of "
+                                 f"{first[0]} cents, not {amount}; use a new key"), 409
+        response = jsonify(first[2])
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response, first[1]
 
     @app.get("/charges")
     def charge_counts():
         with lock:
-            return jsonify(charges=len(charges), declined=declined[0])
+            return jsonify(charges=made[201], declined=made[402])
 
     @app.get("/admin")
     def get_admin():
