@@ -90,10 +90,10 @@ def create_app(*, db=None, url: str | None = None, fail: float = 0.0, delay_ms: 
             if first is None:
                 status = 402 if rng.random() < fail_p else 201
                 made[status] += 1
-                body = ({"reference": f"pay-{made[201]:04d}", "amount_cents": amount} if status == 201 else
-                        {"error": f"the card was declined for {amount} cents; nothing was charged; "
-                                  f"a new attempt needs a new Idempotency-Key"})
-                first = answers[key] = (amount, status, body)
+                reply = ({"reference": f"pay-{made[201]:04d}", "amount_cents": amount} if status == 201 else
+                         {"error": f"the card was declined for {amount} cents; nothing was charged; "
+                                   f"a new attempt needs a new Idempotency-Key"})
+                first = answers[key] = (amount, status, reply)
         if first[0] != amount:
             return jsonify(error=f"the Idempotency-Key {key!r:.60} was used for a charge of "
                                  f"{first[0]} cents, not {amount}; use a new key"), 409
