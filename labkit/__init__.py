@@ -5,17 +5,19 @@
     >>> alice = labkit.Client("alice")                # doctest: +SKIP
     >>> link = labkit.Link(hello, latency_ms=50)      # doctest: +SKIP
 
-The core (servers, links, the trace, the client) loads at once; pictures and
-widgets load on first use, so ``import labkit`` stays fast and works headless.
+The core (servers, links, the trace, the client) loads at once; pictures, widgets,
+services and checks load on first use, so ``import labkit`` stays fast and works
+headless. ``labkit.trace`` is the trace everything records to by default (a
+:class:`Trace`; the module that defines it is ``labkit.tracing``).
 """
 
 import logging as _logging
 
-from .client import Client as Client
-from .errors import LabkitError as LabkitError, LinkError as LinkError, ServerError as ServerError
+from .client import Client as Client, describe as describe
+from .errors import Invalid as Invalid, LabkitError as LabkitError, LinkError as LinkError, ServerError as ServerError
 from .net import Link as Link, Network as Network, open_links as open_links
 from .server import Server as Server, running as running, serve as serve, stop_all as stop_all
-from .trace import Trace as Trace, default as trace
+from .tracing import Trace as Trace, default as trace
 
 # Silent unless asked: diagnostics go to the "labkit" logger, never to a cell.
 _logging.getLogger("labkit").addHandler(_logging.NullHandler())
@@ -28,7 +30,7 @@ _LAZY = {
     "control_panel": ("labkit.widgets", "control_panel"),
     "live_sequence": ("labkit.widgets", "live_sequence"),
     "progress": ("labkit.widgets", "progress"),
-    "check": ("labkit.grading.check", "check"),
+    "check": ("labkit.grading.checker", "check"),
 }
 
 

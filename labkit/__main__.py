@@ -2,7 +2,7 @@
 
     python -m labkit doctor                  check that servers, links and the trace work here
     python -m labkit serve chat --port 5001  run a reference service as its own process
-        [--set OPTION=VALUE ...]             (an option of its create_app, such as label=inv-1)
+        [--set OPTION=VALUE ...]             (an option of its create_app, such as name=inv-1)
     python -m labkit release                 write notebooks/ (student edition) from solutions/
     python -m labkit grade SUBMISSIONS --out RESULTS   score submitted notebooks through nbval
     python -m labkit bench --json FILE       measure labkit against its baselines
@@ -35,22 +35,24 @@ def doctor(args) -> int:
         try:
             client.get(link.url + "/hello")
         except requests.ConnectionError as exc:
-            print("link down:", labkit.client.describe(exc))
+            print("link down:", labkit.describe(exc))
     print(f"{len(log)} events traced; everything works.")
     return 0
 
 
 def serve_cmd(args) -> int:
-    """Run one reference service in the foreground until Ctrl-C."""
-    from werkzeug.serving import run_simple
+    """Run one reference service in the foreground, on labkit's server runner, until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
 
+    import labkit
     from labkit.apps import create
 
     options = {}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            print(f"serve: --set wants OPTION=VALUE, such as label=inv-1, not {item!r}", file=sys.stderr)
+            print(f"serve: --set wants OPTION=VALUE, such as name=inv-1, not {item!r}", file=sys.stderr)
             return 2
         try:
             options[key] = json.loads(value)  # numbers and true/false as such
@@ -58,11 +60,21 @@ def serve_cmd(args) -> int:
             options[key] = value
     try:
         app = create(args.service, **options)
-    except (TypeError, ValueError) as error:
+        server = labkit.serve(app, host=args.host, port=args.port, trace=labkit.Trace(max_events=10_000))
+    except (TypeError, ValueError, labkit.LabkitError) as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
-    print(f"serving {args.service} on http://{args.host}:{args.port} (Ctrl-C stops)")
-    run_simple(args.host, args.port, app, threaded=True)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    print(f"serving {args.service} as {server.name!r} on http://{args.host}:{server.port} (Ctrl-C stops)",
+          flush=True)
+    try:
+        while not stopping.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    print("stopped", flush=True)
     return 0
 
 
@@ -75,9 +87,9 @@ def main(argv=None) -> int:
     serve = commands.add_parser("serve", help="run a reference service as its own process")
     serve.add_argument("service", help="which service (hello, shop, chat, ...)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
     serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
-                       help="an option of the service's create_app, such as label=inv-1 (repeatable)")
+                       help="an option of the service's create_app, such as name=inv-1 (repeatable)")
     serve.set_defaults(run=serve_cmd)
 
     from labkit.grading import release

@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from . import trace as _trace
+from . import tracing
 
 #: Seconds a call waits for a connection and then for each read, unless told otherwise.
 DEFAULT_TIMEOUT = 5.0
@@ -57,13 +57,13 @@ class Client:
     """
 
     def __init__(self, name: str, *, timeout=DEFAULT_TIMEOUT, base_url: str = "",
-                 trace: _trace.Trace | None = None):
+                 trace: tracing.Trace | None = None):
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"a client's name must be a non-empty string, not {name!r}")
         self.name = name
         self.timeout = timeout
         self.base_url = base_url
-        self.trace = _trace.default if trace is None else trace
+        self.trace = tracing.default if trace is None else trace
         # One session per client keeps connections alive between calls; closing
         # the client closes them (see close()), so no socket outlives it.
         self._session = requests.Session()
@@ -72,13 +72,18 @@ class Client:
         self._session.mount("http://", adapter)
 
     def request(self, method: str, url: str, **kwargs) -> requests.Response:
-        """Send a request; return the response or raise what requests raises."""
+        """Send a request; return the response or raise what requests raises.
+
+        ``kwargs`` are those of ``requests.request`` (``json``, ``params``, ``headers``,
+        ``timeout``, ...). Every call is two events in the trace: "send", then
+        "response" (with the status) or "error" (with :func:`describe` of what went wrong).
+        """
         url = urljoin(self.base_url, url) if self.base_url else url
         parts = urlsplit(url)
-        service = _trace.name_for(parts.hostname or "", parts.port or 80)
-        trace_id, span_id = _trace.new_ids()
+        service = tracing.name_for(parts.hostname or "", parts.port or 80)
+        trace_id, span_id = tracing.new_ids()
         headers = dict(kwargs.pop("headers", None) or {})
-        headers["traceparent"] = _trace.traceparent(trace_id, span_id)
+        headers["traceparent"] = tracing.traceparent(trace_id, span_id)
         headers["Labkit-Caller"] = self.name
         kwargs.setdefault("timeout", self.timeout)
         fields = dict(method=method.upper(), path=parts.path or "/", trace_id=trace_id, span_id=span_id)
@@ -92,15 +97,27 @@ class Client:
         return response
 
     def get(self, url: str, **kwargs) -> requests.Response:
+        """GET: read a resource. Safe and idempotent: a retry changes nothing on the server."""
         return self.request("GET", url, **kwargs)
 
+    def head(self, url: str, **kwargs) -> requests.Response:
+        """HEAD: like GET, but the answer has headers and no body (does it exist, how large?)."""
+        return self.request("HEAD", url, **kwargs)
+
     def post(self, url: str, **kwargs) -> requests.Response:
+        """POST: ask the server to act (create, charge, run). Not idempotent: a blind retry may act twice."""
         return self.request("POST", url, **kwargs)
 
     def put(self, url: str, **kwargs) -> requests.Response:
+        """PUT: replace a resource with the body sent. Idempotent: the same PUT twice leaves the same state."""
         return self.request("PUT", url, **kwargs)
 
+    def patch(self, url: str, **kwargs) -> requests.Response:
+        """PATCH: change part of a resource. Idempotent only if the change is (set a field, not add one)."""
+        return self.request("PATCH", url, **kwargs)
+
     def delete(self, url: str, **kwargs) -> requests.Response:
+        """DELETE: remove a resource. Idempotent: it is gone after one call or two (the second may be 404)."""
         return self.request("DELETE", url, **kwargs)
 
     def close(self) -> None:

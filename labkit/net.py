@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import numbers
@@ -46,7 +47,7 @@ import sys
 import threading
 from urllib.parse import urlsplit
 
-from . import trace as _trace
+from . import tracing
 from .errors import LinkError
 
 log = logging.getLogger("labkit")
@@ -101,21 +102,21 @@ class _LoopThread:
 _loop_thread = _LoopThread()
 _open: set["Link"] = set()  # the links not yet closed
 _open_lock = threading.Lock()
+_opened = itertools.count()  # the order links were opened in
 
 
-def open_links() -> int:
-    """How many links are open now."""
+def open_links() -> list["Link"]:
+    """The links open now, oldest first."""
     with _open_lock:
-        return len(_open)
+        return sorted(_open, key=lambda link: link._opened)
 
 
-def close_all() -> int:
-    """Close every open link; return how many were closed."""
-    with _open_lock:
-        links = list(_open)
+def close_all() -> list["Link"]:
+    """Close every open link; return the links closed."""
+    links = open_links()
     for link in links:
         link.close()
-    return len(links)
+    return links
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +267,7 @@ class _Pipe:
         if direction == REQUEST:
             for name, value in _HEADER.findall(data[:8192]):
                 if name.lower() == b"traceparent":
-                    self.trace_id, self.span_id = _trace.parse_traceparent(value.decode("latin-1"))
+                    self.trace_id, self.span_id = tracing.parse_traceparent(value.decode("latin-1"))
                 else:
                     self.caller_name = value.decode("latin-1")
         ends = self._ends(direction)
@@ -404,11 +405,11 @@ class Link:
     an invalid value raises ValueError and changes nothing.
     """
 
-    def __init__(self, target, *, seed: int | str = 0, trace: _trace.Trace | None = None,
+    def __init__(self, target, *, seed: int | str = 0, trace: tracing.Trace | None = None,
                  **settings):
         self.target = _address(target)
-        self.dst = _trace.name_for(*self.target)
-        self.trace = _trace.default if trace is None else trace
+        self.dst = tracing.name_for(*self.target)
+        self.trace = tracing.default if trace is None else trace
         self._settings = _validated(Settings(), settings)
         self._lock = threading.Lock()       # guards the settings and the random numbers
         self._changing = threading.Lock()   # one change of state (up, down, closed) at a time
@@ -428,8 +429,9 @@ class Link:
             _loop_thread.release()
             raise
         self.url = f"http://127.0.0.1:{self.port}"
-        _trace.register_name(("127.0.0.1", self.port), self.dst)
+        tracing.register_name(("127.0.0.1", self.port), self.dst)
         with _open_lock:
+            self._opened = next(_opened)
             _open.add(self)
 
     # -- settings -----------------------------------------------------------
@@ -513,7 +515,7 @@ class Link:
             try:
                 self._loop_thread_run(self._shut())
             finally:
-                _trace.forget_name(("127.0.0.1", self.port))
+                tracing.forget_name(("127.0.0.1", self.port))
                 with _open_lock:
                     _open.discard(self)
                 _loop_thread.release()
@@ -569,15 +571,15 @@ class Network:
     time out. Each link's seed derives from the network's seed and its ends.
     """
 
-    def __init__(self, *, seed: int = 0, trace: _trace.Trace | None = None):
+    def __init__(self, *, seed: int = 0, trace: tracing.Trace | None = None):
         self.seed = seed
-        self.trace = _trace.default if trace is None else trace
+        self.trace = tracing.default if trace is None else trace
         self.links: dict[tuple[str, str], Link] = {}
         self._groups: list[set[str]] = []
 
     def link(self, src: str, target, **settings) -> Link:
         """A link that node ``src`` uses to reach ``target`` (a server or URL)."""
-        dst = _trace.name_for(*_address(target))
+        dst = tracing.name_for(*_address(target))
         if (src, dst) in self.links and not self.links[(src, dst)].closed:
             raise LinkError(f"the network already has a link from {src!r} to {dst!r}: net.links[({src!r}, {dst!r})]")
         link = Link(target, seed=f"{self.seed}:{src}->{dst}", trace=self.trace, **settings)

@@ -32,7 +32,7 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .trace import Event, Trace
+from .tracing import Event, Trace
 
 # Okabe-Ito colours.
 BLUE, ORANGE, VERMILLION, BLACK = "#0072B2", "#E69F00", "#D55E00", "#000000"

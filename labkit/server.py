@@ -1,4 +1,4 @@
-"""Run a WSGI app (a Flask app) on 127.0.0.1 in a background thread.
+"""Run a WSGI app (a Flask app) in a background thread: the one server runner of labkit.
 
     >>> from flask import Flask
     >>> app = Flask("hello")
@@ -6,9 +6,11 @@
     ...     hello.url.startswith("http://127.0.0.1:")
     True
 
-The system picks the port, requests are served concurrently (a thread each),
-nothing is printed (requests go to the trace, errors to the ``labkit`` logger),
-and every server still running is stopped at interpreter exit.
+By default it listens on 127.0.0.1 at a port the system picks. Requests are served
+concurrently (a thread each) on HTTP/1.1 connections kept alive, nothing is printed
+(requests go to the trace, errors to the ``labkit`` logger), an app's state is closed
+when its server stops, and every server still running is stopped at interpreter exit.
+``python -m labkit serve`` runs a service on this same runner in a process of its own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHand
 from werkzeug.wsgi import LimitedStream
 
 from . import net as _net
-from . import trace as _trace
+from . import tracing
 from .errors import ServerError
 
 log = logging.getLogger("labkit")
@@ -103,12 +105,16 @@ class _QuietHandler(WSGIRequestHandler):
 
     def run_wsgi(self):
         self._body = None
+        if self.server.begin(self.connection):  # the server is stopping: this is the last request here
+            self.close_connection = True
         try:
             super().run_wsgi()
             if self._body is not None and not self.close_connection:
                 self._body.exhaust()  # what the app left unread, so the next request starts clean
         finally:
             self.rfile.guard = False
+            if self.server.end(self.connection):
+                self.close_connection = True
 
     def send_header(self, keyword, value):
         # Keep the connection open unless the caller asked to close it or its body had no length.
@@ -129,11 +135,25 @@ class _Server(ThreadedWSGIServer):
     daemon_threads = True
     request_queue_size = 1024  # bursts of hundreds of new connections are part of the lessons
 
-    def __init__(self, app):
-        super().__init__("127.0.0.1", 0, app, handler=_QuietHandler)
-        self.connections: set[socket.socket] = set()
-        self.workers: set[threading.Thread] = set()
+    def __init__(self, app, host: str, port: int):
+        super().__init__(host, port, app, handler=_QuietHandler)
+        self.connections: dict[socket.socket, threading.Thread] = {}  # each open connection's worker
+        self.busy: set[socket.socket] = set()  # the connections with a request in progress
+        self.stopping = False
         self._lock = threading.Lock()
+
+    def server_bind(self):
+        # werkzeug prints a failed bind (or listen) and exits the process: carry it past werkzeug instead.
+        try:
+            super().server_bind()
+        except OSError as exc:
+            raise _CannotListen() from exc
+
+    def server_activate(self):
+        try:
+            super().server_activate()
+        except OSError as exc:
+            raise _CannotListen() from exc
 
     def process_request(self, request, client_address):
         worker = threading.Thread(
@@ -141,8 +161,7 @@ class _Server(ThreadedWSGIServer):
             name=f"labkit-request-{client_address[1]}",
         )
         with self._lock:
-            self.connections.add(request)
-            self.workers.add(worker)
+            self.connections[request] = worker
         worker.start()
 
     def _work(self, request, client_address):
@@ -150,8 +169,20 @@ class _Server(ThreadedWSGIServer):
             self.process_request_thread(request, client_address)
         finally:
             with self._lock:
-                self.connections.discard(request)
-                self.workers.discard(threading.current_thread())
+                self.connections.pop(request, None)
+                self.busy.discard(request)
+
+    def begin(self, conn) -> bool:
+        """A request on ``conn`` is in progress; True if the server is stopping."""
+        with self._lock:
+            self.busy.add(conn)
+            return self.stopping
+
+    def end(self, conn) -> bool:
+        """The request on ``conn`` has been answered; True if the server is stopping."""
+        with self._lock:
+            self.busy.discard(conn)
+            return self.stopping
 
     def handle_error(self, request, client_address):
         log.debug("error while serving %s", client_address, exc_info=True)
@@ -160,28 +191,45 @@ class _Server(ThreadedWSGIServer):
         log.error(message, *args)
 
     def close_connections(self, timeout: float) -> None:
-        """Shut every open connection down and wait for its worker to finish."""
+        """Shut the idle connections down, let requests in progress answer, and wait for the workers.
+
+        A request still in progress after ``timeout`` seconds has its connection shut down.
+        """
         with self._lock:
-            connections, workers = list(self.connections), list(self.workers)
-        for conn in connections:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self.stopping = True  # from now on each answer closes its connection
+            idle = [conn for conn in self.connections if conn not in self.busy]
+            workers = list(self.connections.values())
+        for conn in idle:
+            _shutdown(conn)
         deadline = time.monotonic() + timeout
         for worker in workers:
             if worker is not threading.current_thread():  # a handler may stop its own server
                 worker.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            late = [conn for conn, worker in self.connections.items() if worker is not threading.current_thread()]
+        for conn in late:
+            _shutdown(conn)
 
 
-def _traced(app, name: str, log_to: _trace.Trace):
+class _CannotListen(Exception):
+    """The listening socket cannot bind or listen; its cause is the OSError."""
+
+
+def _shutdown(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _traced(app, name: str, log_to: tracing.Trace):
     """Wrap a WSGI app so each request it serves is recorded in the trace."""
 
     def traced_app(environ, start_response):
         caller = environ.get("HTTP_LABKIT_CALLER") or "client"
-        trace_id, parent = _trace.parse_traceparent(environ.get("HTTP_TRACEPARENT"))
+        trace_id, parent = tracing.parse_traceparent(environ.get("HTTP_TRACEPARENT"))
         if not trace_id:  # a caller outside labkit (a browser): calls made downstream still share one id
-            trace_id = _trace.new_ids()[0]
+            trace_id = tracing.new_ids()[0]
         fields = dict(
             method=environ.get("REQUEST_METHOD", ""),
             path=environ.get("PATH_INFO", ""),
@@ -195,7 +243,7 @@ def _traced(app, name: str, log_to: _trace.Trace):
             status[:] = [int(status_line.split(" ", 1)[0])]
             return start_response(status_line, headers, exc_info)
 
-        token = _trace._context.set((trace_id, parent))
+        token = tracing._context.set((trace_id, parent))
         body = None
         try:
             body = app(environ, recording_start_response)
@@ -205,32 +253,39 @@ def _traced(app, name: str, log_to: _trace.Trace):
                 if hasattr(body, "close"):  # PEP 3333: the server must close what the app returned
                     body.close()
             finally:
-                _trace._context.reset(token)
+                tracing._context.reset(token)
             log_to.record("reply", name, caller, status=status[0] if status else 500, **fields)
 
     return traced_app
 
 
-#: The key of ``app.extensions`` that lists what to call when the app's server stops.
-ON_STOP = "labkit_on_stop"
+#: The key of ``app.extensions`` that holds a service's state (see labkit.apps.kit).
+STATE = "labkit"
 
 
 class Server:
     """A running server: ``url``, ``name``, ``stop()``; a context manager.
 
-    Make one with :func:`serve`. An app with threads or clients of its own (gossip,
-    heartbeats) or requests it holds open (long polls, slow answers) lists what stops
-    them in ``app.extensions["labkit_on_stop"]``: the server calls each once it has
-    stopped accepting, before it waits for the requests in progress.
+    Make one with :func:`serve`. An app whose state has threads or clients of its own
+    (gossip, heartbeats) or holds requests open (long polls, slow answers) keeps that
+    state in ``app.extensions["labkit"]``: when the server stops, once it no longer
+    accepts and before it waits for the requests in progress, it calls the state's
+    ``close()``.
     """
 
-    def __init__(self, app, name: str, trace: _trace.Trace):
+    def __init__(self, app, name: str, trace: tracing.Trace, host: str, port: int):
         self.name = name
         self.trace = trace
-        self._on_stop = list(getattr(app, "extensions", {}).get(ON_STOP, ()))
-        self._httpd = _Server(_traced(app, name, trace))
+        self._close_state = getattr(getattr(app, "extensions", {}).get(STATE), "close", None)
+        try:
+            self._httpd = _Server(_traced(app, name, trace), host, port)
+        except (OSError, _CannotListen) as error:
+            exc = error.__cause__ if isinstance(error, _CannotListen) else error
+            raise ServerError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                              f"pick another port, or 0 to let the system choose") from exc
+        self.host = host
         self.port = self._httpd.server_port
-        self._url = f"http://127.0.0.1:{self.port}"
+        self._url = f"http://{_reachable(host)}:{self.port}"
         self._wake_r, self._wake_w = socket.socketpair()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"labkit-server-{name}", daemon=True)
@@ -251,12 +306,15 @@ class Server:
     def _start(self) -> "Server":
         self._thread.start()
         self._ready.wait()
-        _trace.register_name(("127.0.0.1", self.port), self.name)
+        tracing.register_name(("127.0.0.1", self.port), self.name)
         return self
 
     @property
     def url(self) -> str:
-        """The base URL, such as http://127.0.0.1:PORT; ServerError once stopped."""
+        """The base URL, such as http://127.0.0.1:PORT; ServerError once stopped.
+
+        A server listening on every address (host "0.0.0.0") is reached here at 127.0.0.1.
+        """
         self._check_running()
         return self._url
 
@@ -292,15 +350,15 @@ class Server:
         if self._thread.ident is not None:  # it started
             self._thread.join(timeout)
         self._httpd.server_close()
-        for hook in self._on_stop:  # before waiting for the handlers: a hook may release requests held open
+        if self._close_state is not None:  # before waiting for the handlers: it may release requests held open
             try:
-                hook()
+                self._close_state()
             except Exception:
-                log.exception("an on-stop hook of server %r failed", self.name)
+                log.exception("closing the state of server %r failed", self.name)
         self._httpd.close_connections(timeout)
         self._wake_r.close()
         self._wake_w.close()
-        _trace.forget_name(("127.0.0.1", self.port))
+        tracing.forget_name(("127.0.0.1", self.port))
 
     def _check_running(self) -> None:
         if not self.running:
@@ -316,11 +374,14 @@ class Server:
         return f"<Server {self.name!r} {'running' if self.running else 'stopped'}>"
 
 
-def serve(app, name: str | None = None, *, trace: _trace.Trace | None = None) -> Server:
-    """Serve a WSGI app on 127.0.0.1 at a port the system picks; return once it accepts.
+def serve(app, name: str | None = None, *, trace: tracing.Trace | None = None,
+          host: str = "127.0.0.1", port: int = 0) -> Server:
+    """Serve a WSGI app; return once it accepts connections.
 
     ``name`` labels the server on sequence diagrams and must be unique among the
-    running servers (default: the app's ``name`` or "server").
+    running servers (default: the app's ``name`` or "server"). It listens on ``host``
+    (127.0.0.1: this machine only) at ``port`` (0: a free port the system picks).
+    ``trace`` is where its requests are recorded (default: ``labkit.trace``).
     """
     _check_wsgi(app)
     name = name if name is not None else getattr(app, "name", None) or "server"
@@ -330,15 +391,20 @@ def serve(app, name: str | None = None, *, trace: _trace.Trace | None = None) ->
         if name in _registry:
             raise ServerError(
                 f"a server named {name!r} is already running; stop it first "
-                f"(labkit.running()[{name!r}].stop()) or pick another name"
+                f"(labkit.stop_all() stops every server) or pick another name"
             )
-        server = Server(app, name, _trace.default if trace is None else trace)
+        server = Server(app, name, tracing.default if trace is None else trace, host, port)
         _registry[name] = server
     try:
         return server._start()
     except BaseException:
         server.stop()
         raise
+
+
+def _reachable(host: str) -> str:
+    """The address a client on this machine uses for a server listening on ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
 
 
 def _check_wsgi(app) -> None:
@@ -359,19 +425,22 @@ def _check_wsgi(app) -> None:
         raise TypeError(f"serve() needs a WSGI app such as a Flask app, not {problem}")
 
 
-def running() -> dict[str, Server]:
-    """The servers that are running now, by name."""
+def running() -> list[Server]:
+    """The servers running now, by name."""
     with _registry_lock:
-        return dict(_registry)
+        return [_registry[name] for name in sorted(_registry)]
 
 
-def stop_all() -> int:
-    """Close every open link and stop every running server; return how many servers stopped."""
-    _net.close_all()
-    servers = list(running().values())
+def stop_all() -> list:
+    """Close every open link and stop every running server; return what was closed and stopped.
+
+    The notebooks' last cell calls it, and so does the interpreter at exit.
+    """
+    links = _net.close_all()
+    servers = running()
     for server in servers:
         server.stop()
-    return len(servers)
+    return links + servers
 
 
 atexit.register(stop_all)

@@ -11,7 +11,7 @@ import json
 
 from hypothesis import strategies as st
 
-from labkit.apps._errors import MAX_BODY_BYTES
+from labkit.apps.kit import MAX_BODY_BYTES
 
 #: Text that parses as something else, or nearly does.
 ODD_TEXT = ["", " ", "-1", "0", "1", "nan", "inf", "1e400", "true", "null", "0x10", "١٢", "9" * 40, "\x00", "é" * 200]

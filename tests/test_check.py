@@ -12,11 +12,13 @@ import requests
 import labkit
 import labkit.net
 from labkit.apps import create
-from labkit.grading import check as grading
+from labkit.grading import authoring, checker, verdicts
 
 from answers import SOLUTIONS, WRONG
-from answers.nb00 import greet, greet_hard_coded
-from answers.nb01 import fetch_ignores_status, fetch_or_none, order_totals, totals_n_plus_one
+from answers.nb00 import greet_hard_coded
+from answers.nb01 import fetch_ignores_status, totals_n_plus_one
+
+greet, fetch_or_none, order_totals = SOLUTIONS["q0.1"], SOLUTIONS["q1.1"], SOLUTIONS["q1.2"]
 
 
 def stub(*args):
@@ -27,7 +29,7 @@ def stub(*args):
 
 
 def _state():
-    return (sorted(labkit.running()), labkit.open_links())
+    return ([server.name for server in labkit.running()], len(labkit.open_links()))
 
 
 @pytest.fixture(autouse=True)
@@ -63,14 +65,16 @@ def verdicts_are_deterministic(line: str) -> None:
 
 
 def test_every_question_has_its_answers():
-    assert sorted(grading.questions()) == sorted(SOLUTIONS), "every question needs its answers in tests/answers/"
-    assert labkit.check is grading.check
+    assert sorted(authoring.questions()) == sorted(SOLUTIONS), "every question needs its answer cell in solutions/"
+    assert labkit.check is checker.check
+    wrong = {question for question, _, _ in WRONG}
+    assert wrong == set(SOLUTIONS), "every question needs wrong answers in tests/answers/"
 
 
 @pytest.mark.parametrize("question", list(SOLUTIONS))
 def test_the_solution_passes(capsys, question):
     line = verdict(capsys, question, SOLUTIONS[question])
-    q = grading.questions()[question]
+    q = authoring.questions()[question]
     assert line == f"{question} passed: {len(q.tests)} hidden tests, {q.runs} runs against real servers."
 
 
@@ -86,7 +90,7 @@ def test_the_solution_passes_every_time(capsys, question):
 def test_the_stub_is_not_attempted_yet(capsys, question, answer):
     line = verdict(capsys, question, answer)
     assert line == f"{question} not attempted yet: write your answer in the cell above, run it, then run this cell."
-    assert line == grading.not_attempted_line(question)
+    assert line == verdicts.not_attempted(question).line
 
 
 @pytest.mark.parametrize("question, answer, words", WRONG, ids=[f"{q}-{a.__name__}" for q, a, _ in WRONG])
@@ -160,7 +164,7 @@ def test_a_hanging_answer_is_stopped(capsys, question, answer):
 
 
 def test_the_time_limit_defaults_to_the_module_constant(capsys, monkeypatch):
-    monkeypatch.setattr(grading, "TIME_LIMIT_S", 1.5)
+    monkeypatch.setattr(checker, "TIME_LIMIT_S", 1.5)
     assert verdict(capsys, "q0.1", spin).startswith("q0.1 failed: stopped after 1.5 s: ")
 
 
@@ -172,18 +176,18 @@ def test_time_sleep_is_itself_again_after_a_check(capsys):
 
 def test_an_unknown_question_is_named_not_raised(capsys):
     line = verdict(capsys, "q9.9", greet)
-    assert line == (f"'q9.9' is not a question of this workbook; the questions are {', '.join(grading.questions())}. "
+    assert line == (f"q9.9 is not a question of this workbook; the questions are {', '.join(authoring.questions())}. "
                     "Check the first argument of labkit.check.")
     assert "is not a question" in verdict(capsys, None, greet)
 
 
 def test_the_check_never_raises_even_when_a_hidden_test_breaks(capsys, monkeypatch):
-    question = grading.questions()["q0.1"]
+    question = authoring.questions()["q0.1"]
 
     def broken(run):
         raise RuntimeError("a bug in the hidden test")
 
-    monkeypatch.setattr(question, "tests", [grading.HiddenTest("broken", broken)])
+    monkeypatch.setattr(question, "tests", [authoring.HiddenTest("broken", broken)])
     line = verdict(capsys, "q0.1", greet)
     assert line.startswith("q0.1 could not be checked: the check itself failed with RuntimeError: a bug in the hidden test")
 
@@ -192,7 +196,7 @@ def test_the_students_trace_and_servers_are_left_alone(capsys):
     before = len(labkit.trace)
     with labkit.serve(create("hello"), name="hello") as mine:
         assert "passed" in verdict(capsys, "q0.1", greet)
-        assert labkit.running() == {"hello": mine}
+        assert labkit.running() == [mine]
     assert len(labkit.trace) == before
 
 
@@ -209,37 +213,46 @@ def test_diagram_shows_the_failing_run(capsys, monkeypatch):
     monkeypatch.setattr(plots, "sequence", sequence)
     monkeypatch.setattr(IPython_display, "display", shown.append)
     monkeypatch.setattr("IPython.get_ipython", lambda: object())  # as in a notebook
-    line = verdict(capsys, "q1.2", totals_n_plus_one, diagram=True)
+    line = verdict(capsys, "q1.2", totals_n_plus_one, diagram=plots.sequence)
     assert "made 25 requests" in line
     assert len(drawn) == 1 and len(shown) == 1
     receives = [e for e in drawn[0] if e.kind == "receive" and e.dst == "shop·check"]
     assert len(receives) == 25
     assert type(shown[0]).__name__ == "Figure"
     # a passing answer draws nothing
-    assert "passed" in verdict(capsys, "q1.2", order_totals, diagram=True)
+    assert "passed" in verdict(capsys, "q1.2", order_totals, diagram=plots.sequence)
     assert len(shown) == 1
 
 
 def test_diagram_outside_ipython_prints_only_the_verdict(capsys):
-    pytest.importorskip("labkit.plots")
-    assert verdict(capsys, "q0.1", greet_hard_coded, diagram=True).startswith("q0.1 failed: ")
+    plots = pytest.importorskip("labkit.plots")
+    assert verdict(capsys, "q0.1", greet_hard_coded, diagram=plots.sequence).startswith("q0.1 failed: ")
 
 
-def test_diagram_without_plots_says_so(capsys, monkeypatch):
-    import sys
+def test_a_diagram_that_fails_says_so(capsys):
+    def broken(trace):
+        raise RuntimeError("no pictures today")
 
-    monkeypatch.setitem(sys.modules, "labkit.plots", None)  # import fails
-    monkeypatch.delattr(labkit, "plots", raising=False)
-    labkit.check("q0.1", greet_hard_coded, diagram=True)
+    labkit.check("q0.1", greet_hard_coded, diagram=broken)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("q0.1 failed: ")
-    assert out[1].startswith("No diagram: ")
+    assert out[1] == "No diagram: RuntimeError: no pictures today."
+
+
+def test_the_checker_imports_no_pictures():
+    """A diagram comes through the declared hook (diagram=), never by an import of labkit.plots."""
+    import subprocess
+    import sys
+
+    code = ("import sys, labkit.grading.checker as c; c.questions(); "
+            "print(sorted(m for m in sys.modules if m in ('labkit.plots', 'labkit.widgets', 'matplotlib')))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_the_random_faults_test_sees_every_outcome():
     """Over its seeds the random test meets answers, lost requests, lost answers and resets,
     so an answer that ignores any of them cannot pass by luck."""
-    test = grading.questions()["q1.1"].tests[-1]
+    test = authoring.questions()["q1.1"].tests[-1]
     kinds, outcomes = set(), set()
     for seed in test.seeds:
         def recording(client, url):
@@ -247,10 +260,55 @@ def test_the_random_faults_test_sees_every_outcome():
             outcomes.add(result is None)
             return result
 
-        with grading.Run(recording, seed, 20) as run:
+        with authoring.Run(recording, seed, 20) as run:
             test.run(run)
             for e in run.trace:
                 if e.kind in ("dropped", "reset"):
                     kinds.add((e.kind, "request" if e.dst == "weather·check" else "response"))
     assert outcomes == {True, False}
     assert kinds == {("dropped", "request"), ("dropped", "response"), ("reset", "request")}
+
+
+def _public_functions():
+    """Every public function and class of every labkit module, with where it lives."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    found = []
+    for info in pkgutil.walk_packages(labkit.__path__, "labkit."):
+        if info.name.startswith("labkit.grading.hidden") or info.name == "labkit.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if not name.startswith("_") and (inspect.isfunction(value) or inspect.isclass(value)) \
+                    and getattr(value, "__module__", "") == info.name:
+                found.append((f"{info.name}.{name}", value))
+    return found
+
+
+def _candidates(question):
+    """labkit's public functions that could be handed in for ``question``: its name, or its parameters."""
+    import inspect
+
+    chosen = []
+    for where, function in _public_functions():
+        try:
+            parameters = tuple(inspect.signature(function).parameters)
+        except (TypeError, ValueError):
+            continue
+        if function.__name__ == question.function or parameters[:len(question.params)] == question.params:
+            chosen.append((where, function))
+    return chosen
+
+
+@pytest.mark.parametrize("question", list(SOLUTIONS))
+def test_no_answer_ships_in_labkit(capsys, question):
+    """Handing in labkit's own code never passes a check: every public function of labkit with the
+    exercise's name or its parameters is tried, and each one fails."""
+    candidates = _candidates(authoring.questions()[question])
+    for where, function in candidates:
+        line = verdict(capsys, question, function)
+        assert not line.startswith(f"{question} passed"), f"{where} passes {question}: {line}"
+    if question in ("q2.1", "q4.1"):  # the two whose service ships a function of the same name and shape
+        assert candidates, f"the search found nothing for {question}, so it proves nothing"

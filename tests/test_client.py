@@ -65,13 +65,21 @@ def test_base_url_lets_calls_name_only_a_path(lab):
 def test_every_method_is_traced_with_its_status(lab):
     server = lab.serve(lab.app("svc"))
     client = lab.client("erin", timeout=2)
+    head = client.head(server.url + "/")
     statuses = [client.get(server.url + "/").status_code,
+                head.status_code,
                 client.post(server.url + "/echo", json={"a": 1}).status_code,
                 client.put(server.url + "/").status_code,
+                client.patch(server.url + "/").status_code,
                 client.delete(server.url + "/").status_code]
-    assert statuses == [200, 200, 405, 405]
-    responses = lab.trace.filter(kind="response")
-    assert [(e.method, e.status) for e in responses] == [("GET", 200), ("POST", 200), ("PUT", 405), ("DELETE", 405)]
+    assert statuses == [200, 200, 200, 405, 405, 405]
+    assert head.content == b"" and head.headers["Content-Length"] == "2"  # the headers of GET /, no body
+    assert client.patch(server.url + "/echo").status_code == 405
+    responses = lab.trace.filter(kind="response").events()[:6]
+    assert [(e.method, e.status) for e in responses] == [
+        ("HEAD", 200), ("GET", 200), ("POST", 200), ("PUT", 405), ("PATCH", 405), ("DELETE", 405)]
+    receives = lab.trace.filter(kind="receive").events()[:6]
+    assert [e.method for e in receives] == ["HEAD", "GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def test_the_callers_own_headers_are_kept(lab):
@@ -86,6 +94,11 @@ def test_the_callers_own_headers_are_kept(lab):
 def test_a_bad_name_is_a_value_error(name):
     with pytest.raises(ValueError, match="name"):
         labkit.Client(name)
+
+
+def test_describe_is_exported_by_labkit():
+    assert labkit.describe is describe
+    assert labkit.describe(requests.exceptions.ReadTimeout()) == "timeout"
 
 
 def test_describe_names_what_went_wrong():

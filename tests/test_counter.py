@@ -9,6 +9,8 @@ answers malformed input with a JSON 4xx and leaves the counters as they were.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 
 import pytest
@@ -51,8 +53,8 @@ def _hammer(lab, urls, path, threads=THREADS, each=EACH):
     return statuses
 
 
-def _serve(lab, db, pause_ms=5, name="counter"):
-    server = lab.serve(create("counter", database=db, pause_ms=pause_ms), name=name)
+def _serve(lab, db, work_ms=5, name="counter"):
+    server = lab.serve(create("counter", database=db, work_ms=work_ms), name=name)
     requests.post(server.url + "/counters", json={"name": "hits"}, timeout=10).raise_for_status()
     return server
 
@@ -87,7 +89,7 @@ def test_a_read_then_write_transaction_is_safe_on_sqlite_only(lab, db):
 
 def test_a_lock_in_each_replica_does_not_protect_the_shared_database(lab, db):
     one = _serve(lab, db, name="counter-1")
-    two = lab.serve(create("counter", database=db, pause_ms=5), name="counter-2")
+    two = lab.serve(create("counter", database=db, work_ms=5), name="counter-2")
     _hammer(lab, [one.url, two.url], "/counters/hits/increment/locked")
     assert _value(one) < THREADS * EACH
     requests.put(one.url + "/counters/hits", json={"value": 0, "version": _version(one)}, timeout=10).raise_for_status()
@@ -114,7 +116,7 @@ def test_put_is_a_compare_and_set(lab, db):
 
 
 def test_every_versioned_increment_counts(lab, db):
-    server = _serve(lab, db, pause_ms=0)
+    server = _serve(lab, db, work_ms=0)
     url = server.url + "/counters/hits"
     clients = [lab.client(f"c{n}", timeout=30) for n in range(5)]
     conflicts = []
@@ -156,7 +158,7 @@ def test_one_thread_per_connection(lab):
 
     def work(client):
         start.wait(10)
-        threads.append(client.get(server.url + "/whoami?ms=300").json()["thread"])
+        threads.append(client.get(server.url + "/whoami?work_ms=300").json()["thread"])
 
     workers = [threading.Thread(target=work, args=(c,)) for c in clients]
     for thread in workers:
@@ -170,9 +172,69 @@ def test_one_thread_per_connection(lab):
     assert stats["max_in_flight"] >= 2 and stats["in_flight"] == 0
 
 
-def test_pause_must_be_sensible():
-    with pytest.raises(ValueError, match="pause_ms"):
-        create("counter", pause_ms=-1)
+def test_whoami_refuses_a_bad_work_ms(lab):
+    server = lab.serve(create("counter", work_ms=0), name="counter")
+    client = lab.client("user", timeout=5)
+    assert client.get(server.url + "/whoami?work_ms=0").status_code == 200
+    for bad in ("-1", "2001", "1.5", "abc", "", "١٢", "9" * 30):
+        answer = client.get(server.url + "/whoami", params={"work_ms": bad})
+        assert answer.status_code == 400 and "work_ms must be" in answer.json()["error"], bad
+
+
+def test_counter_names_follow_the_kit_s_rule(lab):
+    server = lab.serve(create("counter", work_ms=0), name="counter")
+    client = lab.client("user", timeout=5)
+    for good in ("a" * 64, "page.views_2-b", "7"):
+        assert client.post(server.url + "/counters", json={"name": good}).status_code == 201, good
+    before = client.get(server.url + "/counters").json()
+    for bad in ("a" * 65, "x y", "-a", ".a", "", "é", 7, None, ["a"]):
+        answer = client.post(server.url + "/counters", json={"name": bad})
+        assert answer.status_code == 400 and "a counter's name must be" in answer.json()["error"], bad
+    assert client.get(server.url + "/counters").json() == before
+    assert client.get(server.url + "/counters/" + "a" * 65).status_code == 400
+
+
+def test_the_state_is_the_counters_and_closes_only_its_own_database(lab, db, database_url):
+    shared_one = create("counter", database=db, work_ms=0)
+    state = shared_one.extensions["labkit"]
+    assert isinstance(state, counter_module.Counters)
+    assert state.database is db and state.engine is db.engine
+    one = lab.serve(shared_one, name="counter-1")
+    two = lab.serve(create("counter", database=db, work_ms=0), name="counter-2")
+    requests.post(one.url + "/counters", json={"name": "hits"}, timeout=10).raise_for_status()
+    pool = db.engine.pool
+    one.stop()                                   # a replica stops: the shared database stays open
+    assert db.engine.pool is pool and pool.checkedin() >= 1
+    assert requests.post(two.url + "/counters/hits/increment/atomic", timeout=10).json()["value"] == 1
+    own_app = create("counter", database=database_url, work_ms=0)
+    own_engine = own_app.extensions["labkit"].engine
+    own = lab.serve(own_app, name="counter-own")
+    assert requests.get(own.url + "/counters/hits", timeout=10).json()["value"] == 1
+    own_pool = own_engine.pool
+    assert own_pool.checkedin() >= 1
+    own.stop()                                   # its own database (made from the URL) is closed; the data stays
+    assert own_engine.pool is not own_pool and own_pool.checkedin() == 0   # disposed: every connection closed
+    assert _value(two) == 1
+
+
+def test_a_counter_without_a_database_gets_a_temporary_one_removed_on_stop(lab):
+    app = create("counter", work_ms=0)
+    database = app.extensions["labkit"].database
+    path = database.engine.url.database
+    server = lab.serve(app, name="counter")
+    requests.post(server.url + "/counters", json={"name": "hits"}, timeout=10).raise_for_status()
+    assert os.path.exists(path)
+    server.stop()
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("option, value", [("work_ms", -1), ("work_ms", 1001), ("work_ms", True), ("work_ms", "5"),
+                                           ("work_ms", float("nan")), ("name", ""), ("name", 3)])
+def test_options_must_be_sensible(option, value, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # where a temporary database would go
+    with pytest.raises(labkit.Invalid, match="work_ms" if option == "work_ms" else "name"):
+        create("counter", **{option: value})
+    assert list(tmp_path.iterdir()) == []                     # none was left behind
 
 
 # -- malformed input ------------------------------------------------------------------------
@@ -181,15 +243,15 @@ ENDPOINTS = [("GET", "/counters"), ("POST", "/counters"), ("GET", "/counters/{id
              ("POST", "/counters/{id}/increment/{how}"), ("GET", "/whoami"), ("GET", "/stats"),
              ("DELETE", "/counters/{id}")]
 bodies = malformed.bodies(["name", "value", "version"])
-ids = malformed.path_ids(["hits", "nope", "HITS", "a" * 41, "x y", "é", "..."])
+ids = malformed.path_ids(["hits", "nope", "HITS", "a" * 64, "a" * 65, "x y", "é", "...", "-a"])
 hows = st.sampled_from(["unsafe", "locked", "transaction", "atomic", "fast", "ATOMIC", ""]) | st.text(max_size=8)
-queries = st.dictionaries(st.sampled_from(["ms", "name", "how"]),
+queries = st.dictionaries(st.sampled_from(["work_ms", "ms", "name", "how"]),
                           st.sampled_from(["", "-1", "1e3", "2001", "9" * 30, "abc", "١٢", "²", "true"]) | st.text(max_size=4), max_size=2)
 
 
 @pytest.fixture(scope="module")
 def malformed_target():
-    with labkit.serve(create("counter", pause_ms=0), name="counter·malformed", trace=labkit.Trace()) as server, \
+    with labkit.serve(create("counter", work_ms=0), name="counter·malformed", trace=labkit.Trace()) as server, \
             requests.Session() as session:
         session.trust_env = False
         session.post(server.url + "/counters", json={"name": "hits"}, timeout=10).raise_for_status()

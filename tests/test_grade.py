@@ -33,9 +33,11 @@ import pytest
 
 import labkit
 from labkit.grading import grade, release, sandbox
-from labkit.grading.check import not_attempted_line, passed_line, questions
+from labkit.grading import verdicts
+from labkit.grading.authoring import questions
 
-from answers import SOLUTIONS as SOLUTION_FUNCTIONS, WRONG
+from answers import WRONG
+from answers.solutions import solution_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -57,10 +59,6 @@ def source_of(question: str, function) -> str:
     if function.__name__ != name:
         text += f"\n\n{name} = {function.__name__}\n"
     return text
-
-
-def solution_source(question: str) -> str:
-    return source_of(question, SOLUTION_FUNCTIONS[question])
 
 
 def student_edition(name: str):
@@ -142,10 +140,11 @@ def fetch_or_none(client, url):
 PATCHES_INTERNALS = IMPORTS + inspect.getsource(dict((f.__name__, f) for _, f, _ in WRONG)["totals_ignore_qty"]) + '''
 order_totals = totals_ignore_qty
 
-import labkit.grading.check as _check
-_check._grade = lambda question, answer, limit: (f"{question} passed: 2 hidden tests, 4 runs against real servers.", None)
-_check.passed_line = lambda question: "anything"
-sys.modules["labkit.trace"].Trace.events = lambda self: []
+import labkit.grading.checker as _check
+from labkit.grading import verdicts as _verdicts
+_check._grade = lambda question, answer, limit: (_verdicts.passed(question, 2, 4), None)
+_verdicts.passed = lambda question, tests, runs: _verdicts.Verdict(question, "passed", "anything")
+sys.modules["labkit.tracing"].Trace.events = lambda self: []
 '''
 
 PRINTS_WHILE_CHECKED = solution_source("q1.3").replace(
@@ -356,7 +355,8 @@ def test_the_solution_edition_scores_full_marks(graded):
         assert {r.notebook for r in records.values()} == {notebook}
         for q, r in records.items():
             assert r.passed and r.points == r.max_points == 1, r
-            assert r.message == passed_line(questions()[q])
+            question = questions()[q]
+            assert r.message == verdicts.passed(q, len(question.tests), question.runs).line
 
 
 def test_the_student_edition_scores_zero_not_attempted(graded):
@@ -365,7 +365,7 @@ def test_the_student_edition_scores_zero_not_attempted(graded):
         assert records, filename
         for q, r in records.items():
             assert (r.passed, r.points, r.max_points) == (False, 0, 1)
-            assert r.message == not_attempted_line(q)
+            assert r.message == verdicts.not_attempted(q).line
 
 
 def test_every_question_of_the_workbook_is_graded(graded):
@@ -582,22 +582,22 @@ def test_the_command_fails_only_when_it_cannot_grade(tmp_path):
 
 GUARD_SCRIPT = '''
 import os, sys, tempfile
-import labkit, labkit.grading.guard as guard, labkit.grading.check as check
+import labkit, labkit.grading.guard as guard, labkit.grading.checker as check
 path = os.path.join(tempfile.mkdtemp(), "verdicts")
 open(path, "w").close()
 reader = open(path)
-guard.install(path)
+guard.install(path, {"q0.1": 2.0})
 assert not os.path.exists(path), "the verdict file keeps no name the answers could find"
 genuine = labkit.check
 for _ in range(3):  # every restore undoes every patch, not only the first
     labkit.check = lambda *a, **k: print("q0.1 passed: fake")
-    check._grade = lambda *a: ("q0.1 passed: fake", None)
-    sys.modules["labkit.trace"].Trace.events = lambda self: []
+    check._grade = lambda *a: (labkit.grading.verdicts.passed("q0.1", 1, 1), None)
+    sys.modules["labkit.tracing"].Trace.events = lambda self: []
     guard.restore()
     assert labkit.check is genuine and check.check is genuine
     assert check._grade is not None and check._grade.__name__ == "_grade"
-    assert vars(sys.modules["labkit.trace"].Trace)["events"].__name__ == "events"
-check._grade = lambda *a: ("q0.1 passed: fake", None)
+    assert vars(sys.modules["labkit.tracing"].Trace)["events"].__name__ == "events"
+check._grade = lambda *a: (labkit.grading.verdicts.passed("q0.1", 1, 1), None)
 labkit.check("q0.1", lambda client, base_url, name: "nope")  # patched internals are undone by the check itself
 print(reader.read().strip())
 '''
@@ -607,4 +607,6 @@ def test_the_guard_undoes_patches_before_every_check():
     result = subprocess.run([sys.executable, "-c", GUARD_SCRIPT], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     printed, recorded = result.stdout.strip().splitlines()
-    assert printed.startswith("q0.1 failed: ") and json.loads(recorded)["line"] == printed
+    record = json.loads(recorded)
+    assert printed.startswith("q0.1 failed: ") and record["message"] == printed
+    assert (record["question"], record["status"], record["passed"], record["points"]) == ("q0.1", "failed", False, 0.0)

@@ -32,7 +32,7 @@ SERVICES = {
 #: Answers that are the service's lesson, not a failure: the weather service's /broken page is down on purpose.
 DESIGNED = {("weather", "/broken")}
 
-PARAMS = ["name", "after", "wait", "city", "ids", "id", "text"]
+PARAMS = ["name", "after", "wait_s", "city", "ids", "id", "text"]
 
 bodies = malformed.bodies(PARAMS)
 query_values = (st.text(max_size=30) | st.sampled_from(malformed.ODD_TEXT) | st.integers().map(str)).filter(

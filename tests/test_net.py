@@ -371,6 +371,21 @@ def test_a_link_to_a_stopped_server_fails_fast(lab, alice):
         alice.get(link.url + "/")
 
 
+def test_open_links_lists_the_links_open_now_oldest_first(lab, svc, monkeypatch):
+    monkeypatch.setattr(labkit.net, "_open", set())  # only this test's links
+    assert labkit.open_links() == []
+    first, second, third = lab.link(svc), lab.link(svc), lab.link(svc)
+    assert labkit.open_links() == [first, second, third]
+    second.close()
+    assert labkit.open_links() == [first, third]
+    snapshot = labkit.open_links()
+    snapshot.clear()  # a copy: changing it changes nothing
+    assert labkit.open_links() == [first, third]
+    assert labkit.net.close_all() == [first, third]
+    assert first.closed and third.closed
+    assert labkit.open_links() == [] and labkit.net.close_all() == []
+
+
 # -- networks and partitions -----------------------------------------------------
 
 

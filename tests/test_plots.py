@@ -13,7 +13,7 @@ import labkit
 from labkit import plots
 from labkit.apps.hello import create_app
 from labkit.plots import BLACK, BLUE, ORANGE
-from labkit.trace import Trace
+from labkit.tracing import Trace
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

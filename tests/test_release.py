@@ -15,7 +15,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from labkit.grading import release
-from labkit.grading.check import STUB, not_attempted_line
+from labkit.grading.verdicts import STUB, not_attempted
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +158,7 @@ def test_check_cells_hold_the_stub_verdict():
     out = release.student_edition(solution_notebook())
     checks = [c for c in out.cells if release.role(c) and release.role(c)[1] == "check"]
     assert [c.outputs for c in checks] == [
-        [{"output_type": "stream", "name": "stdout", "text": not_attempted_line(q) + "\n"}] for q in ("q1.1", "q1.2")]
+        [{"output_type": "stream", "name": "stdout", "text": not_attempted(q).line + "\n"}] for q in ("q1.1", "q1.2")]
     assert checks[0].source == 'labkit.check("q1.1", fetch_or_none)'
 
 

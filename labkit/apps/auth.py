@@ -6,9 +6,8 @@
                                  429 with Retry-After after too many failures
     POST /users                  {"username", "password"} -> 201 {"username", "roles": ["reader"]};
                                  409 if the name is taken
-    GET  /public-key             {"alg", "kid", "pem"}: the public key that verifies its tokens
-                                 (404 when it signs with a shared secret, HS256)
-    GET  /.well-known/jwks.json  {"keys": [...]}: the same key as a JSON Web Key Set
+    GET  /.well-known/jwks.json  {"keys": [...]}: the public key that verifies its tokens, as a
+                                 JSON Web Key Set (no keys when it signs with a shared secret, HS256)
 
 A token is a JWT with the claims ``sub`` (who), ``roles`` (what they may do),
 ``aud`` (which service it is for), ``iss`` (who issued it), ``iat`` and ``exp``
@@ -24,7 +23,7 @@ run fast (:data:`FAST_HASHING`); the default is the secure RFC 9106 profile.
 
 The signing key (or secret) is made when the app is created, kept only in
 memory, and never written anywhere: restart the service and every token it
-issued stops verifying.
+issued stops verifying. Signing and key sets: :mod:`labkit.apps.tokens`.
 """
 
 from __future__ import annotations
@@ -38,14 +37,13 @@ import secrets
 import threading
 import time
 
-import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from flask import Flask, jsonify, request
+from flask import Blueprint, abort, request
 
-from ._errors import json_errors
+from ..errors import Invalid
+from . import kit
+from .tokens import Signer
 
 #: Hashing settings for tests and demos that need speed, not safety.
 FAST_HASHING = {"time_cost": 1, "memory_kib": 64, "parallelism": 1}
@@ -56,78 +54,6 @@ DEMO_USERS = {
     "bob": ("bob's long password", ["reader"]),
     "carol": ("carol is the admin", ["reader", "writer", "admin"]),
 }
-
-ALGORITHMS = ("EdDSA", "RS256", "HS256")
-
-
-class Clock:
-    """A clock a test or a notebook moves by hand: ``clock()`` gives seconds, ``advance(s)`` moves it.
-
-        >>> clock = Clock(start=1000.0)
-        >>> clock.advance(30); clock()
-        1030.0
-    """
-
-    def __init__(self, start: float | None = None):
-        self._now = time.time() if start is None else float(start)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
-class Authority:
-    """The keys and the rules of issuing: signs claims into tokens.
-
-    ``public_pem`` is what verifiers need (None with HS256, where ``secret`` both
-    signs and verifies and must therefore be shared with every verifier).
-    """
-
-    def __init__(self, algorithm: str = "EdDSA", issuer: str = "labkit-auth", ttl_s: float = 600,
-                 clock=time.time):
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
-        self.algorithm, self.issuer, self.ttl_s, self.clock = algorithm, issuer, ttl_s, clock
-        self.secret: str | None = None
-        self.public_pem: str | None = None
-        if algorithm == "HS256":
-            self._signing_key = self.secret = secrets.token_hex(32)  # 256 random bits
-            self.kid = hashlib.sha256(self.secret.encode()).hexdigest()[:12]
-            return
-        if algorithm == "EdDSA":
-            self._signing_key = ed25519.Ed25519PrivateKey.generate()
-        else:
-            self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        public = self._signing_key.public_key()
-        self._public = public
-        self.public_pem = public.public_bytes(serialization.Encoding.PEM,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        self.kid = hashlib.sha256(der).hexdigest()[:12]
-
-    def sign(self, claims: dict, headers: dict | None = None) -> str:
-        """A token holding exactly ``claims``, signed with this authority's key."""
-        return jwt.encode(claims, self._signing_key, algorithm=self.algorithm,
-                          headers={"kid": self.kid, **(headers or {})})
-
-    def issue(self, username: str, roles: list[str], audience: str) -> str:
-        """The token of a user who just signed in: sub, roles, aud, iss, iat, exp."""
-        now = int(self.clock())
-        return self.sign({"sub": username, "roles": list(roles), "aud": audience, "iss": self.issuer,
-                          "iat": now, "exp": now + int(self.ttl_s)})
-
-    def jwk(self) -> dict | None:
-        """The public key as a JSON Web Key (None with HS256)."""
-        if self.public_pem is None:
-            return None
-        algorithm = jwt.algorithms.get_default_algorithms()[self.algorithm]
-        key = json.loads(algorithm.to_jwk(self._public))
-        return {**key, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
 
 
 class Users:
@@ -205,102 +131,107 @@ class Limiter:
             self._until.pop(key, None)
 
 
-def _text(body: dict, field: str, *, low: int, high: int) -> str | None:
+class SignIn:
+    """The sign-in service's state: its signer, its users, its limiter, and the rules of issuing."""
+
+    def __init__(self, *, signer: Signer, users: Users, audiences, token_ttl_s: float, max_failures: int,
+                 max_client_failures: int, lockout_s: float, clock):
+        self.audiences = tuple(audiences)
+        if not self.audiences or not all(isinstance(a, str) and a for a in self.audiences):
+            raise Invalid(f"audiences must be non-empty strings, not {self.audiences!r}")
+        self.signer, self.users, self.clock = signer, users, clock
+        self.token_ttl_s = kit.positive(token_ttl_s, "token_ttl_s", 10**7)
+        self.max_failures = kit.whole(max_failures, "max_failures", 1, 10**6)
+        self.max_client_failures = kit.whole(max_client_failures, "max_client_failures", 1, 10**6)
+        self.lockout_s = kit.number(lockout_s, "lockout_s", 0, 10**7, unit="seconds")
+        self.limiter = Limiter(clock)
+
+    def issue(self, username: str, roles: list[str], audience: str) -> str:
+        """The token of a user who just signed in: sub, roles, aud, iss, iat, exp."""
+        now = int(self.clock())
+        return self.signer.sign({"sub": username, "roles": list(roles), "aud": audience, "iss": self.signer.issuer,
+                                 "iat": now, "exp": now + int(self.token_ttl_s)})
+
+    def log_in(self, username: str, password: str, audience: str, address: str) -> str:
+        """A token, or the refusal: 429 while locked out, 401 for a wrong name or password."""
+        keys = [("user", username), ("client", address)]
+        wait = self.limiter.retry_after(keys)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            kit.refuse(429, f"too many failed sign-ins for {username!r} or from this address; try again in "
+                            f"{seconds} s", **{"Retry-After": str(seconds)})
+        roles = self.users.check(username, password)
+        if roles is None:
+            self.limiter.failed(keys[0], self.max_failures, self.lockout_s)
+            self.limiter.failed(keys[1], self.max_client_failures, self.lockout_s)
+            kit.refuse(401, "wrong username or password",
+                       **{"WWW-Authenticate": f'Bearer realm="{self.signer.issuer}"'})
+        self.limiter.succeeded(keys[0])
+        return self.issue(username, roles, audience)
+
+
+def _field(body: dict, field: str, low: int, high: int) -> str | None:
     value = body.get(field)
-    if isinstance(value, str) and low <= len(value) <= high:
-        return value
-    return None
+    return value if isinstance(value, str) and low <= len(value) <= high else None
 
 
-def create_app(*, users: dict | None = None, algorithm: str = "EdDSA", issuer: str = "labkit-auth",
-               audiences=("notes", "billing"), token_ttl_s: float = 600,
-               time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4,
-               max_failures: int = 5, max_client_failures: int = 50, lockout_s: float = 60,
-               clock=time.time) -> Flask:
+routes = Blueprint("auth", __name__)
+
+
+@routes.post("/login")
+def login():
+    body = kit.body('{"username": "alice", "password": "..."}')
+    username, password = _field(body, "username", 1, 64), _field(body, "password", 1, 256)
+    if username is None or password is None:
+        raise Invalid('send JSON {"username": "...", "password": "..."} with two non-empty strings '
+                      "(at most 64 and 256 characters)")
+    state = kit.state()
+    audience = body.get("audience", state.audiences[0])
+    if audience not in state.audiences:
+        raise Invalid(f"audience {kit.short(audience)} is not a service this sign-in issues tokens for; "
+                      f"send one of {list(state.audiences)}")
+    token = state.log_in(username, password, audience, request.remote_addr)
+    return {"token": token, "token_type": "Bearer", "expires_in": int(state.token_ttl_s)}
+
+
+@routes.post("/users")
+def register():
+    body = kit.body('{"username": "dave", "password": "..."}')
+    username, password = _field(body, "username", 1, 64), _field(body, "password", 8, 256)
+    if username is None or password is None or not username.isidentifier():
+        raise Invalid('send JSON {"username": "...", "password": "..."}: a name of letters, digits and _ '
+                      "(at most 64), and a password of 8 to 256 characters")
+    if not kit.state().users.add(username, password, ["reader"]):
+        abort(409, f"the name {username!r} is taken; choose another")
+    return {"username": username, "roles": ["reader"]}, 201
+
+
+@routes.get("/.well-known/jwks.json")
+def jwks():
+    return kit.state().signer.jwks()
+
+
+def create_app(*, name: str = "auth", users: dict | None = None, algorithm: str = "EdDSA",
+               issuer: str = "labkit-auth", audiences=("notes", "billing"), token_ttl_s: float = 600,
+               time_cost: int = 3, memory_kib: int = 65536, parallelism: int = 4, max_failures: int = 5,
+               max_client_failures: int = 50, lockout_s: float = 60, clock=time.time):
     """A sign-in service.
 
     ``users``: name -> (password, roles) (default :data:`DEMO_USERS`); ``algorithm``:
     "EdDSA" (Ed25519), "RS256" or "HS256" (a shared secret); ``audiences``: the
-    services it issues tokens for (the first is the default); ``token_ttl_s``:
-    how long a token stays valid. ``time_cost``, ``memory_kib``, ``parallelism``:
-    the Argon2id cost (``**FAST_HASHING`` for tests). After ``max_failures``
-    wrong passwords for one user, or ``max_client_failures`` from one address,
-    sign-ins wait ``lockout_s`` seconds (429). ``clock()`` gives the time in
-    seconds (:class:`Clock` for tests). The app's ``extensions["auth"]`` holds
-    the :class:`Authority`, :class:`Users` and :class:`Limiter`.
+    services it issues tokens for (the first is the default); ``token_ttl_s``: how long
+    a token stays valid. ``time_cost``, ``memory_kib``, ``parallelism``: the Argon2id
+    cost (``**FAST_HASHING`` for tests). After ``max_failures`` wrong passwords for one
+    user, or ``max_client_failures`` from one address, sign-ins wait ``lockout_s``
+    seconds (429). ``clock()`` gives the time in seconds (a ManualClock for tests).
     """
-    audiences = tuple(audiences)
-    if not audiences or not all(isinstance(a, str) and a for a in audiences):
-        raise ValueError(f"audiences must be non-empty strings, not {audiences!r}")
-    app = json_errors(Flask("auth"))
-    authority = Authority(algorithm, issuer, token_ttl_s, clock)
     store = Users(PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism))
-    for name, (password, roles) in (DEMO_USERS if users is None else users).items():
-        store.add(name, password, roles)
-    limiter = Limiter(clock)
-    app.extensions["auth"] = {"authority": authority, "users": store, "limiter": limiter}
-
-    def unauthorized(message: str):
-        response = jsonify(error=message)
-        response.headers["WWW-Authenticate"] = f'Bearer realm="{issuer}"'
-        return response, 401
-
-    @app.post("/login")
-    def login():
-        body = request.get_json(silent=True)
-        body = body if isinstance(body, dict) else {}
-        username = _text(body, "username", low=1, high=64)
-        password = _text(body, "password", low=1, high=256)
-        audience = body.get("audience", audiences[0])
-        if username is None or password is None:
-            return jsonify(error='send JSON {"username": "...", "password": "..."} with two non-empty strings '
-                                 "(at most 64 and 256 characters)"), 400
-        if audience not in audiences:
-            return jsonify(error=f"audience {audience!r} is not a service this sign-in issues tokens for; "
-                                 f"send one of {list(audiences)}"), 400
-        keys = [("user", username), ("client", request.remote_addr)]
-        wait = limiter.retry_after(keys)
-        if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            response = jsonify(error=f"too many failed sign-ins for {username!r} or from this address; "
-                                     f"try again in {seconds} s")
-            response.headers["Retry-After"] = str(seconds)
-            return response, 429
-        roles = store.check(username, password)
-        if roles is None:
-            limiter.failed(keys[0], max_failures, lockout_s)
-            limiter.failed(keys[1], max_client_failures, lockout_s)
-            return unauthorized("wrong username or password")
-        limiter.succeeded(keys[0])
-        token = authority.issue(username, roles, audience)
-        return jsonify(token=token, token_type="Bearer", expires_in=int(token_ttl_s))
-
-    @app.post("/users")
-    def register():
-        body = request.get_json(silent=True)
-        body = body if isinstance(body, dict) else {}
-        username = _text(body, "username", low=1, high=64)
-        password = _text(body, "password", low=8, high=256)
-        if username is None or password is None or not username.isidentifier():
-            return jsonify(error='send JSON {"username": "...", "password": "..."}: a name of letters, digits '
-                                 "and _ (at most 64), and a password of 8 to 256 characters"), 400
-        if not store.add(username, password, ["reader"]):
-            return jsonify(error=f"the name {username!r} is taken; choose another"), 409
-        return jsonify(username=username, roles=["reader"]), 201
-
-    @app.get("/public-key")
-    def public_key():
-        if authority.public_pem is None:
-            return jsonify(error="this service signs with a shared secret (HS256): there is no public key, "
-                                 "and the secret is never sent over the network"), 404
-        return jsonify(alg=authority.algorithm, kid=authority.kid, pem=authority.public_pem)
-
-    @app.get("/.well-known/jwks.json")
-    def jwks():
-        key = authority.jwk()
-        return jsonify(keys=[key] if key else [])
-
-    return app
+    for user, (password, roles) in (DEMO_USERS if users is None else users).items():
+        store.add(user, password, roles)
+    state = SignIn(signer=Signer(algorithm, issuer=issuer), users=store, audiences=audiences, clock=clock,
+                   token_ttl_s=token_ttl_s, max_failures=max_failures, max_client_failures=max_client_failures,
+                   lockout_s=lockout_s)
+    return kit.make_app(name, state, routes)
 
 
 def _b64(data: bytes) -> str:

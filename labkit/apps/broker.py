@@ -1,8 +1,6 @@
 """A broker for notebook 03: who is there, who gets the job, and who is who.
 
     GET    /                      {"service": "broker", "peers": n}
-    GET    /key                   {"algorithm": "RS256", "public_key": PEM}: peers check tokens with it
-    POST   /login                 {"name", "secret"} -> {"token", "expires_in"}       (central sign-in)
     POST   /register              {"name", "kind", "url", "secret", "load"?} -> 201 {"token", "ttl_s"}
     POST   /heartbeat             {"name", "load"} with "Authorization: Bearer TOKEN" -> {"ok": true};
                                   404 once the broker has forgotten the peer (register again)
@@ -10,23 +8,26 @@
     GET    /peers/NAME            one live peer, or 404
     DELETE /peers/NAME            with that peer's token: leave at once
     POST   /allocate              {"kind"} -> {"peer": {...}} the least-loaded live peer of that kind
+    POST   /login                 {"name", "secret"} -> {"token", "expires_in"}       (central sign-in)
+    GET    /.well-known/jwks.json the public key peers check tokens with (a JSON Web Key Set)
     ANY    /relay/NAME/PATH       the broker forwards the request to peer NAME and returns its answer
     GET    /stats                 {"requests": {what: count}, "total": n} what the broker has handled
 
-The three jobs of a broker, in one service:
+The broker's jobs, each a Blueprint of its own:
 
 - *identification*: peers register (name, kind, address) and send heartbeats; a peer
   whose last heartbeat is older than ``ttl_s`` seconds is forgotten;
 - *allocation*: ``/allocate`` picks the live peer of a kind with the least load (the load
   it last reported, plus the jobs allocated to it since), ties broken by name;
 - *sign-in*: a peer proves who it is once, with the secret the broker was started with,
-  and gets a token signed with the broker's private key. Other peers check the token with
-  the public key (``GET /key``, fetched once) without asking the broker again.
+  and gets a token signed with the broker's private key (RS256). Other peers check the
+  token with the public key (fetched once from the key set) without asking the broker;
+- *relay*: a caller that cannot reach a peer directly sends through the broker.
 
 Options of :func:`create_app`: ``secrets`` ({name: secret}; None lets any name in and fixes
-its secret at its first sign-in), ``ttl_s``, ``token_ttl_s``, ``clock`` (a function giving
-seconds, for tests that must not sleep), ``relay_timeout_s``, ``trace`` (where the broker's
-own relayed calls are recorded), ``node`` (the broker's name on diagrams), ``private_key``.
+its secret at its first sign-in), ``ttl_s``, ``token_ttl_s``, ``clock`` (seconds; a
+ManualClock for tests that must not sleep), ``timeout_s`` (of a relayed call), ``trace``
+(where the broker's relayed calls are recorded), ``signer`` (a tokens.Signer to sign with).
 
 Expiry is lazy: the broker looks at heartbeat ages whenever it answers, so it needs no
 background thread.
@@ -35,262 +36,230 @@ background thread.
 from __future__ import annotations
 
 import collections
-import re
 import threading
 import time
 
 import jwt
-import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, abort, request
 
 from ..client import Client
-from ..server import ON_STOP
-from ._errors import json_errors
+from ..errors import Invalid
+from . import kit, tokens
 
-ALGORITHM = "RS256"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_MAX_LOAD = 1_000_000
+MAX_LOAD = 1_000_000
 #: request headers the broker passes on when it relays (the rest are its own business)
-_RELAYED_HEADERS = ("Authorization", "Content-Type", "Accept")
+RELAYED_HEADERS = ("Authorization", "Content-Type", "Accept")
 
 
-class _Rejected(Exception):
-    """A request the broker refuses: ``status`` and a sentence for the caller."""
+class Broker:
+    """The broker's state: live peers, secrets, its signer, its relay client and request counts."""
 
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+    def __init__(self, name: str, *, secrets: dict | None, ttl_s: float, token_ttl_s: float, clock, timeout_s: float,
+                 signer: tokens.Signer | None, trace):
+        if secrets is not None and not all(isinstance(k, str) and isinstance(v, str) and v
+                                           for k, v in secrets.items()):
+            raise Invalid("secrets maps each peer name (a string) to its secret (a non-empty string)")
+        self.name = name
+        self.ttl_s = kit.positive(ttl_s, "ttl_s", 10**7)
+        self.token_ttl_s = kit.positive(token_ttl_s, "token_ttl_s", 10**7)
+        self.clock = clock
+        self.secrets, self.open_door = dict(secrets or {}), secrets is None
+        self.signer = signer or tokens.Signer("RS256", issuer=name)
+        self.peers: dict[str, dict] = {}  # name -> {"name", "kind", "url", "load", "pending", "seen"}
+        self.counts: collections.Counter = collections.Counter()
+        self.lock = threading.Lock()
+        self.client = Client(name, timeout=kit.positive(timeout_s, "timeout_s", 60), trace=trace)
 
+    def live(self) -> dict[str, dict]:
+        """Forget peers whose last heartbeat is too old; the rest. Call with the lock held."""
+        now = self.clock()
+        for name in [n for n, p in self.peers.items() if now - p["seen"] > self.ttl_s]:
+            del self.peers[name]
+        return self.peers
 
-def new_private_key() -> rsa.RSAPrivateKey:
-    """A fresh 2048-bit RSA key (what a broker signs its tokens with)."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    def find(self, name: str) -> dict:
+        """The live peer ``name``, or 404. Call with the lock held."""
+        peer = self.live().get(name)
+        if peer is None:
+            abort(404, f"no live peer named {name!r}; GET /peers lists those there are")
+        return peer
 
+    @staticmethod
+    def public(peer: dict) -> dict:
+        return {k: peer[k] for k in ("name", "kind", "url", "load")}
 
-def public_pem(private_key: rsa.RSAPrivateKey) -> str:
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    def sign_in(self, name: str, secret: str) -> str:
+        """A token for ``name`` if ``secret`` is its secret (an open broker learns it now), else 401."""
+        with self.lock:
+            if name not in self.secrets and not self.open_door:
+                abort(401, f"the broker knows no peer named {name!r}; use a name it was started with")
+            if self.secrets.setdefault(name, secret) != secret:
+                abort(401, f"wrong secret for {name!r}; send the secret the broker was given for it")
+        now = int(time.time())
+        return self.signer.sign({"sub": name, "iss": self.name, "iat": now, "exp": now + int(self.token_ttl_s)})
 
+    def signed_in_as(self) -> str:
+        """Who the request's token says it is, or 401."""
+        token = tokens.bearer(request.headers)
+        if token is None:
+            abort(401, 'send your token in an "Authorization: Bearer TOKEN" header')
+        try:
+            key = self.signer.secret if self.signer.public_key is None else self.signer.public_key
+            return tokens.verify(token, key, algorithm=self.signer.algorithm)["sub"]
+        except jwt.InvalidTokenError as error:
+            abort(401, f"the token is not valid ({error}); sign in again")
 
-def verify(token: str, public_key) -> dict:
-    """The claims of a token the broker signed; raises jwt.InvalidTokenError if forged, altered or expired."""
-    return jwt.decode(token, public_key, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
-
-
-def bearer(headers) -> str | None:
-    """The token of an "Authorization: Bearer TOKEN" header, or None."""
-    value = headers.get("Authorization", "")
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise _Rejected(400, "send a JSON object as the body, such as {\"name\": \"alice\", ...}")
-    return body
-
-
-def _text(body: dict, field: str, *, pattern=None, limit: int = 200) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise _Rejected(400, f"{field} must be a string of 1 to {limit} characters, not {_short(value)}")
-    if pattern is not None and not pattern.match(value):
-        raise _Rejected(400, f"{field} {_short(value)} may hold only letters, digits, '.', '_' and '-' "
-                             f"(up to 64, starting with a letter or digit)")
-    return value
+    def close(self) -> None:
+        self.client.close()
 
 
 def _load(body: dict, default=None) -> int:
-    value = body.get("load", default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_LOAD:
-        raise _Rejected(400, f"load must be a whole number from 0 to {_MAX_LOAD}, not {_short(value)}")
-    return value
+    return kit.whole(body.get("load", default), "load", 0, MAX_LOAD)
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+# -- identification ---------------------------------------------------------------------------------
+
+identification = Blueprint("identification", __name__)
 
 
-def create_app(*, secrets: dict | None = None, ttl_s: float = 30.0, token_ttl_s: float = 600.0,
-               clock=time.monotonic, relay_timeout_s: float = 5.0, trace=None, node: str = "broker",
-               private_key=None) -> Flask:
-    if secrets is not None and not all(isinstance(k, str) and isinstance(v, str) and v for k, v in secrets.items()):
-        raise ValueError("secrets maps each peer name (a string) to its secret (a non-empty string)")
-    for option, value in (("ttl_s", ttl_s), ("token_ttl_s", token_ttl_s), ("relay_timeout_s", relay_timeout_s)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{option} must be a positive number of seconds, not {value!r}")
-    name = node
-    app = json_errors(Flask(name))
-    key = private_key if private_key is not None else new_private_key()
-    public_key = key.public_key()
-    known_secrets = dict(secrets) if secrets is not None else {}
-    open_door = secrets is None
-    peers: dict[str, dict] = {}  # name -> {"name", "kind", "url", "load", "pending", "seen"}
-    counts: collections.Counter = collections.Counter()
-    lock = threading.Lock()
-    relay_client = Client(name, timeout=relay_timeout_s, trace=trace)
-    app.extensions["broker"] = {"public_key": public_key}
-    app.extensions[ON_STOP] = [relay_client.close]  # its server closes the relay's kept-alive connections
+@identification.post("/register")
+def register():
+    body = kit.body('{"name": "bob", "kind": "worker", "url": "http://127.0.0.1:5002", "secret": "..."}')
+    name = kit.name(body.get("name"), "name")
+    kind, url = kit.name(body.get("kind"), "kind"), kit.url(body.get("url"), "url", path=True)
+    load = _load(body, 0)
+    state = kit.state()
+    token = state.sign_in(name, kit.text(body.get("secret"), "secret", limit=200))
+    with state.lock:
+        state.live()
+        state.peers[name] = {"name": name, "kind": kind, "url": url, "load": load, "pending": 0, "seen": state.clock()}
+    return {"token": token, "ttl_s": state.ttl_s}, 201
 
-    def live() -> dict[str, dict]:
-        """Forget peers whose last heartbeat is too old; the rest. Call with the lock held."""
-        now = clock()
-        for peer_name in [n for n, p in peers.items() if now - p["seen"] > ttl_s]:
-            del peers[peer_name]
-        return peers
 
-    def public(peer: dict) -> dict:
-        return {"name": peer["name"], "kind": peer["kind"], "url": peer["url"], "load": peer["load"]}
+@identification.post("/heartbeat")
+def heartbeat():
+    body = kit.body('{"name": "bob", "load": 2}')
+    name, load = kit.name(body.get("name"), "name"), _load(body)
+    state = kit.state()
+    if state.signed_in_as() != name:
+        abort(403, f"your token is not {name!r}'s; send heartbeats only for yourself")
+    with state.lock:
+        peer = state.live().get(name)
+        if peer is None:
+            abort(404, f"the broker has forgotten {name!r} (no heartbeat for {state.ttl_s:g} s); register again")
+        peer.update(load=load, pending=0, seen=state.clock())
+    return {"ok": True}
 
-    def sign_in(body: dict) -> str:
-        peer_name = _text(body, "name", pattern=_NAME)
-        secret = _text(body, "secret")
-        with lock:
-            if peer_name not in known_secrets:
-                if not open_door:
-                    raise _Rejected(401, f"the broker knows no peer named {peer_name!r}; "
-                                         f"use a name it was started with")
-            elif known_secrets[peer_name] != secret:
-                raise _Rejected(401, f"wrong secret for {peer_name!r}; send the secret the broker was given for it")
-        return peer_name
 
-    def issue(peer_name: str) -> str:
-        now = int(time.time())
-        return jwt.encode({"sub": peer_name, "iss": name, "iat": now, "exp": now + int(token_ttl_s)},
-                          key, algorithm=ALGORITHM)
+@identification.get("/peers")
+def list_peers():
+    kind, state = request.args.get("kind"), kit.state()
+    with state.lock:
+        found = [state.public(p) for p in state.live().values() if kind is None or p["kind"] == kind]
+    return {"peers": sorted(found, key=lambda p: p["name"])}
 
-    def signed_in_as() -> str:
-        token = bearer(request.headers)
-        if token is None:
-            raise _Rejected(401, 'send your token in an "Authorization: Bearer TOKEN" header')
-        try:
-            return verify(token, public_key)["sub"]
-        except jwt.InvalidTokenError as error:
-            raise _Rejected(401, f"the token is not valid ({error}); sign in again") from error
 
-    @app.errorhandler(_Rejected)
-    def rejected(error: _Rejected):
-        return jsonify(error=error.message), error.status
+@identification.get("/peers/<name>")
+def look_up(name):
+    state = kit.state()
+    with state.lock:
+        return state.public(state.find(name))
 
-    @app.before_request
-    def count():
-        endpoint = request.url_rule.endpoint if request.url_rule is not None else "unknown"
-        with lock:
-            counts[endpoint] += 1
 
-    @app.get("/")
-    def index():
-        with lock:
-            return jsonify(service="broker", peers=len(live()))
+@identification.delete("/peers/<name>")
+def leave(name):
+    state = kit.state()
+    if state.signed_in_as() != name:
+        abort(403, f"only {name!r} itself may leave; send its own token")
+    with state.lock:
+        state.find(name)
+        del state.peers[name]
+    return {"ok": True}
 
-    @app.get("/key")
-    def public_key_pem():
-        return jsonify(algorithm=ALGORITHM, public_key=public_pem(key))
 
-    @app.post("/login")
-    def login():
-        body = _body()
-        peer_name = sign_in(body)
-        with lock:
-            known_secrets.setdefault(peer_name, body["secret"])
-        return jsonify(token=issue(peer_name), expires_in=int(token_ttl_s))
+# -- allocation ---------------------------------------------------------------------------------------
 
-    @app.post("/register")
-    def register():
-        body = _body()
-        peer_name = sign_in(body)
-        kind = _text(body, "kind", pattern=_NAME)
-        url = _text(body, "url").rstrip("/")
-        if not re.match(r"^https?://[^\s/]+(/[^\s]*)?$", url):
-            raise _Rejected(400, f"url must be the peer's address, such as \"http://127.0.0.1:5002\", not {_short(url)}")
-        load = _load(body, 0)
-        with lock:
-            known_secrets.setdefault(peer_name, body["secret"])
-            live()
-            peers[peer_name] = {"name": peer_name, "kind": kind, "url": url, "load": load,
-                                "pending": 0, "seen": clock()}
-        return jsonify(token=issue(peer_name), ttl_s=ttl_s), 201
+allocation = Blueprint("allocation", __name__)
 
-    @app.post("/heartbeat")
-    def heartbeat():
-        body = _body()
-        peer_name = _text(body, "name", pattern=_NAME)
-        load = _load(body)
-        if signed_in_as() != peer_name:
-            raise _Rejected(403, f"your token is not {peer_name!r}'s; send heartbeats only for yourself")
-        with lock:
-            peer = live().get(peer_name)
-            if peer is None:
-                raise _Rejected(404, f"the broker has forgotten {peer_name!r} (no heartbeat for {ttl_s:g} s); "
-                                     f"register again")
-            peer.update(load=load, pending=0, seen=clock())
-        return jsonify(ok=True)
 
-    @app.get("/peers")
-    def list_peers():
-        kind = request.args.get("kind")
-        with lock:
-            found = [public(p) for p in live().values() if kind is None or p["kind"] == kind]
-        return jsonify(peers=sorted(found, key=lambda p: p["name"]))
+@allocation.post("/allocate")
+def allocate():
+    kind, state = kit.name(kit.body('{"kind": "worker"}').get("kind"), "kind"), kit.state()
+    with state.lock:
+        candidates = [p for p in state.live().values() if p["kind"] == kind]
+        if not candidates:
+            abort(404, f"no live peer of kind {kind!r}; GET /peers lists those there are")
+        chosen = min(candidates, key=lambda p: (p["load"] + p["pending"], p["name"]))
+        chosen["pending"] += 1  # until its next heartbeat tells the truth
+        return {"peer": state.public(chosen)}
 
-    @app.get("/peers/<peer_name>")
-    def look_up(peer_name):
-        with lock:
-            peer = live().get(peer_name)
-            if peer is None:
-                raise _Rejected(404, f"no live peer named {peer_name!r}; GET /peers lists those there are")
-            return jsonify(public(peer))
 
-    @app.delete("/peers/<peer_name>")
-    def leave(peer_name):
-        if signed_in_as() != peer_name:
-            raise _Rejected(403, f"only {peer_name!r} itself may leave; send its own token")
-        with lock:
-            if live().pop(peer_name, None) is None:
-                raise _Rejected(404, f"no live peer named {peer_name!r}")
-        return jsonify(ok=True)
+# -- sign-in --------------------------------------------------------------------------------------------
 
-    @app.post("/allocate")
-    def allocate():
-        kind = _text(_body(), "kind", pattern=_NAME)
-        with lock:
-            candidates = [p for p in live().values() if p["kind"] == kind]
-            if not candidates:
-                raise _Rejected(404, f"no live peer of kind {kind!r}; GET /peers lists those there are")
-            chosen = min(candidates, key=lambda p: (p["load"] + p["pending"], p["name"]))
-            chosen["pending"] += 1  # until its next heartbeat tells the truth
-            return jsonify(peer=public(chosen))
+sign_in = Blueprint("sign_in", __name__)
 
-    @app.route("/relay/<peer_name>/", defaults={"rest": ""},
-               methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    @app.route("/relay/<peer_name>/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    def relay(peer_name, rest):
-        with lock:
-            peer = live().get(peer_name)
-            url = peer["url"] if peer is not None else None
-        if url is None:
-            raise _Rejected(404, f"no live peer named {peer_name!r} to relay to; GET /peers lists those there are")
-        headers = {h: request.headers[h] for h in _RELAYED_HEADERS if h in request.headers}
-        try:
-            query = request.query_string.decode("latin-1")
-            answer = relay_client.request(request.method, f"{url}/{rest}" + (f"?{query}" if query else ""),
-                                          data=request.get_data(), headers=headers)
-        except requests.exceptions.Timeout:
-            return jsonify(error=f"peer {peer_name!r} did not answer the relayed request within "
-                                 f"{relay_timeout_s:g} s"), 504
-        except requests.exceptions.RequestException:
-            return jsonify(error=f"the broker could not reach peer {peer_name!r}"), 502
-        return Response(answer.content, status=answer.status_code,
-                        content_type=answer.headers.get("Content-Type", "application/json"))
 
-    @app.get("/stats")
-    def stats():
-        with lock:
-            by_job = dict(sorted(counts.items()))
-        return jsonify(requests=by_job, total=sum(by_job.values()))
+@sign_in.post("/login")
+def login():
+    body, state = kit.body('{"name": "alice", "secret": "..."}'), kit.state()
+    token = state.sign_in(kit.name(body.get("name"), "name"), kit.text(body.get("secret"), "secret", limit=200))
+    return {"token": token, "expires_in": int(state.token_ttl_s)}
 
-    return app
+
+@sign_in.get("/.well-known/jwks.json")
+def jwks():
+    return kit.state().signer.jwks()
+
+
+# -- relay -------------------------------------------------------------------------------------------------
+
+relay = Blueprint("relay", __name__)
+_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+
+
+@relay.route("/relay/<name>/", defaults={"rest": ""}, methods=_METHODS, endpoint="relay")  # counted as "relay"
+@relay.route("/relay/<name>/<path:rest>", methods=_METHODS, endpoint="relay")
+def forward(name, rest):
+    state = kit.state()
+    with state.lock:
+        url = state.find(name)["url"]
+    query = request.query_string.decode("latin-1")
+    headers = {h: request.headers[h] for h in RELAYED_HEADERS if h in request.headers}
+    return kit.forward(state.client, request.method, f"{url}/{rest}" + (f"?{query}" if query else ""),
+                       service=f"peer {name!r}", data=request.get_data(), headers=headers)
+
+
+# -- the broker itself -------------------------------------------------------------------------------------
+
+broker = Blueprint("broker", __name__)
+
+
+@broker.before_app_request
+def count():
+    state = kit.state()
+    endpoint = request.url_rule.endpoint.rpartition(".")[2] if request.url_rule is not None else "unknown"
+    with state.lock:
+        state.counts[endpoint] += 1
+
+
+@broker.get("/")
+def index():
+    state = kit.state()
+    with state.lock:
+        return {"service": "broker", "peers": len(state.live())}
+
+
+@broker.get("/stats")
+def stats():
+    state = kit.state()
+    with state.lock:
+        by_job = dict(sorted(state.counts.items()))
+    return {"requests": by_job, "total": sum(by_job.values())}
+
+
+def create_app(*, name: str = "broker", secrets: dict | None = None, ttl_s: float = 30.0, token_ttl_s: float = 600.0,
+               clock=time.monotonic, timeout_s: float = 5.0, signer: tokens.Signer | None = None, trace=None):
+    """A broker called ``name`` (see the module docstring for the options)."""
+    state = Broker(name, secrets=secrets, ttl_s=ttl_s, token_ttl_s=token_ttl_s, clock=clock, timeout_s=timeout_s,
+                   signer=signer, trace=trace)
+    return kit.make_app(name, state, broker, identification, allocation, sign_in, relay)

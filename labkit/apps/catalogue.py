@@ -3,73 +3,79 @@
     GET  /products            {"products": [{"sku", "name", "price_cents", "stock"}, ...]} by sku
     GET  /products/<sku>      one product
     PUT  /products/<sku>      {"name": str, "price_cents": int, "stock": int} -> the product
-                              (added if new; the back office's restock)
+                              (201 if it is new; the back office's restock)
 
-It reads and writes the shared store database (labkit.apps._store): pass ``db`` (a
-labkit Database) or ``url``; with neither it uses LABKIT_DATABASE_URL or a new SQLite file.
+It reads and writes the shared store database (:mod:`labkit.apps.store`): pass ``db``
+(a labkit Database) or ``url``; with neither it uses LABKIT_DATABASE_URL or a new SQLite file.
 """
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+from flask import Blueprint, abort
 from sqlalchemy import insert, select, update
 
-from . import _store
-from ._errors import json_errors
-from ._store import BadRequest, products
+from . import kit, store
+from .store import products
 
 MAX_PRICE_CENTS = 10**7
 MAX_STOCK = 10**6
 
 
-def create_app(*, db=None, url: str | None = None, start_with=_store.DEFAULT_PRODUCTS) -> Flask:
-    """A catalogue on the shared database; an empty catalogue gets ``start_with``: (sku, name, price_cents, stock) rows."""
-    database = _store.database(db, url)
-    engine = database.engine
-    _store.setup(engine, start_with)
-    app = json_errors(Flask("catalogue"))
-    app.config["database"] = database
+class Catalogue:
+    """The catalogue's state: the shared database (closed at stop if the service made it)."""
 
-    @app.errorhandler(BadRequest)
-    def bad_request(error: BadRequest):
-        return jsonify(error=str(error)), error.status
+    def __init__(self, database, *, owned: bool, start_with):
+        self.database, self.engine, self._owned = database, database.engine, owned
+        store.setup(self.engine, start_with)
 
-    def one(connection, sku: str):
+    def product(self, connection, sku: str) -> dict | None:
         row = connection.execute(select(products).where(products.c.sku == sku)).mappings().first()
         return None if row is None else dict(row)
 
-    @app.get("/products")
-    def list_products():
-        with engine.connect() as c:
-            rows = c.execute(select(products).order_by(products.c.sku)).mappings().all()
-            c.rollback()
-        return jsonify(products=[dict(r) for r in rows])
+    def close(self) -> None:
+        if self._owned:
+            self.database.close()
 
-    @app.get("/products/<sku>")
-    def get_product(sku: str):
-        with engine.connect() as c:
-            row = one(c, sku)
-            c.rollback()
-        if row is None:
-            return jsonify(error=f"no product with sku {sku!r:.60}; GET /products lists them"), 404
-        return jsonify(row)
 
-    @app.put("/products/<sku>")
-    def put_product(sku: str):
-        _store.text(sku, "the sku in the path", _store.MAX_SKU)
-        body = _store.json_object('{"name": "Mug", "price_cents": 1200, "stock": 10}')
-        values = dict(
-            name=_store.text(body.get("name"), "name", 80),
-            price_cents=_store.whole_number(body, "price_cents", 0, MAX_PRICE_CENTS),
-            stock=_store.whole_number(body, "stock", 0, MAX_STOCK),
-        )
-        with engine.begin() as tx:
-            if tx.execute(update(products).where(products.c.sku == sku).values(**values)).rowcount:
-                status = 200
-            else:
-                tx.execute(insert(products).values(sku=sku, **values))
-                status = 201
-            row = one(tx, sku)
-        return jsonify(row), status
+routes = Blueprint("catalogue", __name__)
 
-    return app
+
+@routes.get("/products")
+def list_products():
+    with kit.state().engine.connect() as c:
+        rows = c.execute(select(products).order_by(products.c.sku)).mappings().all()
+        c.rollback()
+    return {"products": [dict(r) for r in rows]}
+
+
+@routes.get("/products/<sku>")
+def get_product(sku: str):
+    state = kit.state()
+    with state.engine.connect() as c:
+        row = state.product(c, sku)
+        c.rollback()
+    if row is None:
+        abort(404, f"no product with sku {sku!r:.60}; GET /products lists them")
+    return row
+
+
+@routes.put("/products/<sku>")
+def put_product(sku: str):
+    kit.text(sku, "the sku in the path", limit=store.MAX_SKU)
+    body = kit.body('{"name": "Mug", "price_cents": 1200, "stock": 10}')
+    values = dict(name=kit.text(body.get("name"), "name", limit=80),
+                  price_cents=kit.whole(body.get("price_cents"), "price_cents", 0, MAX_PRICE_CENTS),
+                  stock=kit.whole(body.get("stock"), "stock", 0, MAX_STOCK))
+    state = kit.state()
+    with state.engine.begin() as tx:
+        status = 200
+        if not tx.execute(update(products).where(products.c.sku == sku).values(**values)).rowcount:
+            tx.execute(insert(products).values(sku=sku, **values))
+            status = 201
+        row = state.product(tx, sku)
+    return row, status
+
+
+def create_app(*, name: str = "catalogue", db=None, url: str | None = None, start_with=store.DEFAULT_PRODUCTS):
+    """A catalogue on the shared database; an empty catalogue gets ``start_with``: (sku, name, price_cents, stock) rows."""
+    return kit.make_app(name, Catalogue(store.database(db, url), owned=db is None, start_with=start_with), routes)

@@ -1,10 +1,10 @@
 """A message board for notebook 01: polling against long polling.
 
-    POST /messages            {"text": ...} -> {"id": n}
-    GET  /messages?after=N    messages with id > N, at once (polling)
-    GET  /messages?after=N&wait=S
-                              the same, but if there are none yet the server holds the
-                              request up to S seconds until one arrives (long polling)
+    POST /messages                 {"text": ...} -> 201 {"id": n}
+    GET  /messages?after=N         messages with id > N, at once (polling)
+    GET  /messages?after=N&wait_s=S
+                                   the same, but if there are none yet the server holds the
+                                   request up to S seconds until one arrives (long polling)
 
 A server cannot start a conversation: long polling is how it answers "as soon
 as there is news" inside request-response.
@@ -12,51 +12,59 @@ as there is news" inside request-response.
 
 import threading
 
-from flask import Flask, jsonify, request
+from flask import Blueprint, request
 
-from ..server import ON_STOP
-from ._errors import json_errors
+from ..errors import Invalid
+from . import kit
 
 MAX_WAIT_S = 30.0
 
 
-def create_app() -> Flask:
-    app = json_errors(Flask("chat"))
-    messages: list[dict] = []
-    news = threading.Condition()
-    closing = threading.Event()
+class Board:
+    """The messages, and a condition that wakes long polls when one arrives."""
 
-    def close():
+    def __init__(self):
+        self.messages: list[dict] = []
+        self._news = threading.Condition()
+        self._closing = False
+
+    def post(self, text: str) -> dict:
+        with self._news:
+            message = {"id": len(self.messages) + 1, "text": text}
+            self.messages.append(message)
+            self._news.notify_all()
+        return message
+
+    def after(self, after: int, wait_s: float = 0.0) -> list[dict]:
+        """The messages with an id above ``after``; wait up to ``wait_s`` for one if there are none."""
+        with self._news:
+            self._news.wait_for(lambda: len(self.messages) > after or self._closing, timeout=wait_s)
+            return self.messages[max(after, 0):]
+
+    def close(self) -> None:
         """Answer every long poll at once: the server is stopping."""
-        with news:
-            closing.set()
-            news.notify_all()
+        with self._news:
+            self._closing = True
+            self._news.notify_all()
 
-    app.extensions[ON_STOP] = [close]
 
-    @app.post("/messages")
-    def post():
-        body = request.get_json(silent=True)
-        text = body.get("text") if isinstance(body, dict) else None
-        if not isinstance(text, str) or not text or len(text) > 1000:
-            return jsonify(error='send JSON {"text": "..."} with 1 to 1000 characters'), 400
-        with news:
-            message = {"id": len(messages) + 1, "text": text}
-            messages.append(message)
-            news.notify_all()
-        return jsonify(id=message["id"]), 201
+routes = Blueprint("chat", __name__)
 
-    @app.get("/messages")
-    def get():
-        try:
-            after = int(request.args.get("after", 0))
-            wait = float(request.args.get("wait", 0))
-        except ValueError:
-            return jsonify(error="after must be an integer and wait a number of seconds"), 400
-        if not 0 <= wait <= MAX_WAIT_S:
-            return jsonify(error=f"wait must be between 0 and {MAX_WAIT_S:g} seconds"), 400
-        with news:
-            news.wait_for(lambda: len(messages) > after or closing.is_set(), timeout=wait)
-            return jsonify(messages=messages[max(after, 0):])
 
-    return app
+@routes.post("/messages")
+def post():
+    text = kit.text(kit.body('{"text": "hello"}').get("text"), "text", limit=1000)
+    return {"id": kit.state().post(text)["id"]}, 201
+
+
+@routes.get("/messages")
+def get():
+    try:
+        after, wait_s = int(request.args.get("after", 0)), float(request.args.get("wait_s", 0))
+    except ValueError:
+        raise Invalid("after must be a whole number and wait_s a number of seconds") from None
+    return {"messages": kit.state().after(after, kit.number(wait_s, "wait_s", 0, MAX_WAIT_S, unit="seconds"))}
+
+
+def create_app(*, name: str = "chat"):
+    return kit.make_app(name, Board(), routes)

@@ -7,25 +7,22 @@
 
 The gateway holds no data and no business rules: it forwards each call to the service
 that owns it, over that service's URL (``catalogue_url``, ``orders_url``, which may be
-labkit Links), and passes the answer back. When a service does not answer, it says so
+labkit Links), and passes the answer back; when a service does not answer, it says so
 with 502 (unreachable) or 504 (too slow). The page uses relative URLs only, so it also
 works behind a proxy path such as Binder's ``/user/NAME/proxy/PORT/``.
+
+``python -m labkit serve gateway`` finds the services at LABKIT_CATALOGUE_URL and
+LABKIT_ORDERS_URL.
 """
 
 from __future__ import annotations
 
 import os
 
-import requests
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Response, request
 
-from .. import client as _client
 from ..client import Client
-from ..server import ON_STOP
-from ._errors import json_errors
-
-CATALOGUE_URL = os.environ.get("LABKIT_CATALOGUE_URL", "http://127.0.0.1:5002")
-ORDERS_URL = os.environ.get("LABKIT_ORDERS_URL", "http://127.0.0.1:5003")
+from . import kit
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>labkit store</title>
@@ -75,7 +72,8 @@ async function load() {
     list.replaceChildren();
     for (const o of orders) {
       const item = document.createElement("li");
-      item.textContent = "#" + o.id + ": " + o.qty + " x " + o.sku + ", " + (o.amount_cents / 100).toFixed(2) + " (" + o.payment + ")";
+      const lines = o.items.map(i => i.qty + " x " + i.sku).join(", ");
+      item.textContent = "#" + o.id + ": " + lines + ", " + (o.amount_cents / 100).toFixed(2) + " (" + o.payment + ")";
       list.appendChild(item);
     }
   } catch (error) { say("the gateway did not answer: " + error, false); }
@@ -86,7 +84,7 @@ async function buy(sku) {
     try {
       const answer = await fetch("api/checkout", {method: "POST",
         headers: {"Content-Type": "application/json", "Idempotency-Key": key},
-        body: JSON.stringify({sku: sku, qty: 1})});
+        body: JSON.stringify({items: [{sku: sku, qty: 1}]})});
       const data = await answer.json();
       if (answer.ok) say("bought: order #" + data.order.id + ", payment " + data.order.payment, true);
       else say(answer.status + ": " + data.error, false);
@@ -101,49 +99,50 @@ load();
 """
 
 
-def create_app(*, catalogue_url: str | None = None, orders_url: str | None = None,
-               timeout: float = 10.0, trace=None) -> Flask:
+class Gateway:
+    """The gateway's state: where the services are, and the client it calls them with."""
+
+    def __init__(self, name: str, catalogue_url: str, orders_url: str, timeout_s: float, trace):
+        self.upstream = {"catalogue": catalogue_url.rstrip("/"), "orders": orders_url.rstrip("/")}
+        self.client = Client(name, timeout=kit.positive(timeout_s, "timeout_s", 60), trace=trace)
+
+    def forward(self, service: str, method: str, path: str, **kwargs) -> Response:
+        return kit.forward(self.client, method, self.upstream[service] + path, service=f"the {service} service",
+                           **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+routes = Blueprint("gateway", __name__)
+
+
+@routes.get("/")
+def page():
+    return Response(PAGE, mimetype="text/html")
+
+
+@routes.get("/api/products")
+def api_products():
+    return kit.state().forward("catalogue", "GET", "/products")
+
+
+@routes.get("/api/orders")
+def api_orders():
+    return kit.state().forward("orders", "GET", "/orders")
+
+
+@routes.post("/api/checkout")
+def api_checkout():
+    headers = {"Content-Type": request.content_type or "application/octet-stream"}
+    if "Idempotency-Key" in request.headers:
+        headers["Idempotency-Key"] = request.headers["Idempotency-Key"]
+    return kit.state().forward("orders", "POST", "/checkout", data=request.get_data(), headers=headers)
+
+
+def create_app(*, name: str = "gateway", catalogue_url: str | None = None, orders_url: str | None = None,
+               timeout_s: float = 10.0, trace=None):
     """A gateway in front of the catalogue and orders services at these URLs."""
-    upstream = {"catalogue": (catalogue_url or CATALOGUE_URL).rstrip("/"),
-                "orders": (orders_url or ORDERS_URL).rstrip("/")}
-    caller = Client("gateway", timeout=timeout, trace=trace)
-    app = json_errors(Flask("gateway"))
-    app.extensions[ON_STOP] = [caller.close]  # its server closes the client's kept-alive connections
-
-    def forward(service: str, method: str, path: str, **kwargs):
-        try:
-            answer = caller.request(method, upstream[service] + path, **kwargs)
-        except requests.exceptions.Timeout:
-            return jsonify(error=f"the {service} service did not answer within {timeout:g} s; try again"), 504
-        except requests.exceptions.RequestException as exc:
-            return jsonify(error=f"the {service} service could not be reached "
-                                 f"({_client.describe(exc)}); try again"), 502
-        try:
-            answer.json()
-        except ValueError:
-            return jsonify(error=f"the {service} service answered {answer.status_code} without JSON"), 502
-        response = Response(answer.content, status=answer.status_code, mimetype="application/json")
-        if "Idempotent-Replayed" in answer.headers:
-            response.headers["Idempotent-Replayed"] = answer.headers["Idempotent-Replayed"]
-        return response
-
-    @app.get("/")
-    def page():
-        return Response(PAGE, mimetype="text/html")
-
-    @app.get("/api/products")
-    def api_products():
-        return forward("catalogue", "GET", "/products")
-
-    @app.get("/api/orders")
-    def api_orders():
-        return forward("orders", "GET", "/orders")
-
-    @app.post("/api/checkout")
-    def api_checkout():
-        headers = {"Content-Type": request.content_type or "application/octet-stream"}
-        if "Idempotency-Key" in request.headers:
-            headers["Idempotency-Key"] = request.headers["Idempotency-Key"]
-        return forward("orders", "POST", "/checkout", data=request.get_data(), headers=headers)
-
-    return app
+    state = Gateway(name, catalogue_url or os.environ.get("LABKIT_CATALOGUE_URL", "http://127.0.0.1:5002"),
+                    orders_url or os.environ.get("LABKIT_ORDERS_URL", "http://127.0.0.1:5003"), timeout_s, trace)
+    return kit.make_app(name, state, routes)

@@ -1,23 +1,26 @@
-"""A greeting service: the smallest server there is, used by notebook 00."""
+"""A greeting service: the smallest server there is, used by notebook 00.
 
-from flask import Flask, jsonify, request
+    GET /                 a small web page
+    GET /hello?name=N     {"message": "Hello, N!"}
+"""
 
-from ._errors import json_errors
+from flask import Blueprint, request
+
+from . import kit
+
+routes = Blueprint("hello", __name__)
 
 
-def create_app() -> Flask:
-    """GET /hello?name=N answers {"message": "Hello, N!"}; GET / is a small web page."""
-    app = json_errors(Flask("hello"))
+@routes.get("/")
+def page():
+    return "<h1>Hello from a labkit server</h1><p>Try <a href='hello?name=you'>hello?name=you</a>.</p>"
 
-    @app.get("/")
-    def page():
-        return "<h1>Hello from a labkit server</h1><p>Try <a href='hello?name=you'>hello?name=you</a>.</p>"
 
-    @app.get("/hello")
-    def hello():
-        name = request.args.get("name", "world").strip()
-        if not name or len(name) > 100:
-            return jsonify(error="name must be 1 to 100 characters"), 400
-        return jsonify(message=f"Hello, {name}!")
+@routes.get("/hello")
+def hello():
+    name = kit.text(request.args.get("name", "world").strip(), "name")
+    return {"message": f"Hello, {name}!"}
 
-    return app
+
+def create_app(*, name: str = "hello"):
+    return kit.make_app(name, None, routes)

@@ -1,21 +1,25 @@
-"""The store's orders service (notebook 04): checkout in ONE database transaction.
+"""The store's orders service (notebook 04): a checkout is ONE database transaction.
 
-    POST /checkout            {"sku": "mug", "qty": 1} with an ``Idempotency-Key: K`` header
-                              -> 201 {"order": {"id", "sku", "qty", "amount_cents", "payment"}}
-                              404 unknown sku, 409 not enough stock, 402 payment declined
-                              (for good: a new attempt takes a new key),
-                              503 the payment service did not answer, 422 the key was used
-                              for another order. The same key again gives the first answer
-                              again (header ``Idempotent-Replayed: true``): a retry never
-                              buys or charges twice.
+    POST /checkout            {"items": [{"sku": "mug", "qty": 1}]} with an ``Idempotency-Key: K`` header
+                              -> 201 {"order": {"id", "items", "amount_cents", "payment"}}
+                              404 unknown sku, 409 not enough stock, 402 payment declined (for
+                              good: a new attempt takes a new key), 503 the payment service did
+                              not answer (try again with the same key), 422 the key was used for
+                              another basket. The same key again gives the first answer again
+                              (header ``Idempotent-Replayed: true``): a retry never buys or
+                              charges twice.
     GET  /orders              {"orders": [...]} by id
     GET  /orders/<id>         one order
 
-The checkout writes the order, takes the stock (a conditional UPDATE, so never below
-zero) and records the payment in one transaction of the shared database; it calls
-the payment service (``payment_url``) in the middle, so a failed payment rolls all of
-it back. ``checkout`` swaps in another transaction function with the signature of
-:func:`labkit.apps._store.checkout` (the notebook's exercise plugs in here).
+The checkout takes the stock (a conditional UPDATE, so never below zero), writes the
+order and records the payment in one transaction of the shared database
+(:mod:`labkit.apps.store`); it calls the payment service in the middle, so a failed
+payment rolls all of it back. The store's own :func:`checkout` sells one product per
+order; ``create_app(checkout=...)`` plugs in another function with its signature, such
+as one that takes a whole basket (notebook 04's exercise).
+
+``python -m labkit serve orders`` finds the payment service at LABKIT_PAYMENT_URL and
+the database at LABKIT_DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -24,132 +28,201 @@ import logging
 import os
 
 import requests
-from flask import Flask, jsonify
-from sqlalchemy import select
+import sqlalchemy
+from flask import Blueprint, abort, jsonify
+from sqlalchemy import insert, select, update
 
-from .. import client as _client
-from ..client import Client
-from ..server import ON_STOP
-from . import _store
-from ._errors import json_errors
-from ._store import BadRequest, PaymentFailed, orders, products
-from .payment import key_header
+from ..client import Client, describe
+from ..errors import Invalid, PaymentDeclined, PaymentError, PaymentUnavailable
+from . import kit, store
+from .store import order_lines, orders, payments, products
 
 log = logging.getLogger("labkit")
 
-#: Where the payment service is when no ``payment_url`` is given.
-PAYMENT_URL = os.environ.get("LABKIT_PAYMENT_URL", "http://127.0.0.1:5004")
 
+def checkout(engine, items, key, pay):
+    """The store's own checkout: ONE product per order, in ONE transaction.
 
-def create_app(*, db=None, url: str | None = None, payment_url: str | None = None,
-               payment_timeout: float = 2.0, payment_attempts: int = 2, checkout=None, trace=None) -> Flask:
-    """An orders service on the shared database that charges through ``payment_url``.
-
-    ``payment_timeout`` (seconds) bounds each call to the payment service; a call that
-    fails is tried ``payment_attempts`` times in all, with the same key. ``trace`` is
-    where its calls to the payment service are recorded (default: labkit.trace).
+    ``items`` is ``[(sku, qty)]``; ``pay(amount_cents)`` charges the buyer and returns
+    the payment's reference, or raises PaymentDeclined or PaymentUnavailable. Returns
+    the new order's id, or None (nothing written, nothing charged) if there is not
+    enough stock. A call with a ``key`` already used returns that order's id and
+    charges nothing again.
     """
-    if isinstance(payment_attempts, bool) or not isinstance(payment_attempts, int) or not 1 <= payment_attempts <= 5:
-        raise ValueError(f"payment_attempts must be a whole number from 1 to 5, not {payment_attempts!r}")
-    database = _store.database(db, url)
-    engine = database.engine
-    _store.setup(engine, ())
-    payment_url = (payment_url or PAYMENT_URL).rstrip("/")
-    run_checkout = checkout or _store.checkout
-    caller = Client("orders", timeout=payment_timeout, trace=trace)
-    app = json_errors(Flask("orders"))
-    app.config["database"] = database
-    app.extensions[ON_STOP] = [caller.close]  # its server closes the client's kept-alive connections
+    if len(items) != 1:
+        raise Invalid("this store's own checkout buys one product per order; send one item, or plug in "
+                      "a checkout that takes a whole basket (notebook 04's exercise)")
+    [(sku, qty)] = items
+    with engine.begin() as tx:
+        # 1. A retry of an order already made? Give the first answer again; charge nothing.
+        done = tx.execute(select(orders.c.id).where(orders.c.key == key)).scalar()
+        if done is not None:
+            return done
+        # 2. Take the stock only if there is enough: one conditional UPDATE, never read-then-write.
+        taken = tx.execute(update(products).where(products.c.sku == sku, products.c.stock >= qty)
+                           .values(stock=products.c.stock - qty)).rowcount
+        if taken == 0:
+            return None
+        price = tx.execute(select(products.c.price_cents).where(products.c.sku == sku)).scalar_one()
+        order_id = tx.execute(insert(orders).values(key=key, amount_cents=price * qty)).inserted_primary_key[0]
+        tx.execute(insert(order_lines).values(order_id=order_id, sku=sku, qty=qty, price_cents=price))
+        # 3. Pay. A PaymentError leaves the with block: the order and the stock are rolled back.
+        reference = pay(price * qty)
+        tx.execute(insert(payments).values(order_id=order_id, amount_cents=price * qty, reference=reference))
+    return order_id
 
-    @app.errorhandler(BadRequest)
-    def bad_request(error: BadRequest):
-        return jsonify(error=str(error)), error.status
 
-    def payer(key: str):
+class Orders:
+    """The orders service's state: the database, the checkout function, and a client for payment."""
+
+    def __init__(self, name, database, *, owned: bool, payment_url: str, timeout_s: float, payment_attempts: int,
+                 checkout, trace):
+        self.database, self.engine, self._owned = database, database.engine, owned
+        self.payment_url = payment_url.rstrip("/")
+        self.attempts = kit.whole(payment_attempts, "payment_attempts", 1, 5)
+        self.checkout = checkout
+        self.client = Client(name, timeout=kit.positive(timeout_s, "timeout_s", 60), trace=trace)
+        store.setup(self.engine, ())
+
+    def payer(self, key: str):
+        """``pay(amount_cents)`` for the checkout: charges with ``key``, tried ``attempts`` times."""
         def pay(amount_cents: int) -> str:
             problem = ""
-            for _ in range(payment_attempts):
+            for _ in range(self.attempts):
                 try:
-                    answer = caller.post(payment_url + "/charges", json={"amount_cents": amount_cents},
-                                         headers={"Idempotency-Key": key})
+                    answer = self.client.post(self.payment_url + "/charges", json={"amount_cents": amount_cents},
+                                              headers={"Idempotency-Key": key})
                 except requests.exceptions.RequestException as exc:
-                    problem = _client.describe(exc)
+                    problem = describe(exc)
                     continue
                 if answer.status_code == 201:
                     return answer.json()["reference"]
                 if answer.status_code == 402:
-                    raise PaymentFailed("the payment was declined; nothing was bought; a new attempt needs a new "
-                                        "Idempotency-Key", 402)
-                problem = f"status {answer.status_code}"
-            raise PaymentFailed(f"the payment service did not answer ({problem}); nothing was bought: "
-                                f"try again with the same Idempotency-Key", 503)
+                    raise PaymentDeclined("the payment was declined; nothing was bought; a new attempt needs a "
+                                          "new Idempotency-Key")
+                problem = ("409: the first attempt is still in progress" if answer.status_code == 409
+                           else f"status {answer.status_code}")
+            raise PaymentUnavailable(f"the payment service could not confirm the payment ({problem}); nothing "
+                                     f"was bought: try again with the same Idempotency-Key")
         return pay
 
-    def answer(order_id: int, sku: str, qty: int, replayed: bool):
-        with engine.connect() as c:
-            row = _store.order_row(c, order_id)
+    def read(self, order_id: int) -> dict | None:
+        with self.engine.connect() as c:
+            row = store.order_row(c, order_id)
             c.rollback()
-        if row is None:  # a checkout function that returned an id it never wrote
-            return jsonify(error=f"the checkout returned order {order_id!r}, which is not in the database"), 500
-        if (row["sku"], row["qty"]) != (sku, qty):
-            return jsonify(error=f"this Idempotency-Key was used for {row['qty']} x {row['sku']!r}, "
-                                 f"not {qty} x {sku!r}; use a new key for a new order"), 422
-        response = jsonify(order=row)
-        if replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-        return response, 201
+        return row
 
-    def order_for(key: str):
-        with engine.connect() as c:
+    def order_for(self, key: str) -> int | None:
+        with self.engine.connect() as c:
             found = c.execute(select(orders.c.id).where(orders.c.key == key)).scalar()
             c.rollback()
         return found
 
-    @app.post("/checkout")
-    def post_checkout():
-        key = key_header()
-        body = _store.json_object('{"sku": "mug", "qty": 1}')
-        sku = _store.text(body.get("sku"), "sku", _store.MAX_SKU)
-        qty = _store.whole_number(body, "qty", 1, _store.MAX_QTY)
-        with engine.connect() as c:
-            # whether this is a retry only sets the header: the checkout itself finds the key
-            replayed = c.execute(select(orders.c.id).where(orders.c.key == key)).scalar() is not None
-            known = c.execute(select(products.c.sku).where(products.c.sku == sku)).scalar()
+    def unknown(self, items) -> list[str]:
+        skus = [sku for sku, _ in items]
+        with self.engine.connect() as c:
+            known = set(c.execute(select(products.c.sku).where(products.c.sku.in_(skus))).scalars())
             c.rollback()
-        if known is None:
-            return jsonify(error=f"no product with sku {sku!r:.60}; GET /products of the catalogue lists them"), 404
+        return [sku for sku in skus if sku not in known]
+
+    def buy(self, items, key: str):
+        """Run the checkout for ``items`` under ``key``: (status, JSON body, replayed)."""
+        replayed = self.order_for(key) is not None  # only sets the header: the checkout itself finds the key
+        if missing := self.unknown(items):
+            abort(404, f"no product with sku {missing[0]!r:.60}; GET /products of the catalogue lists them")
         try:
-            order_id = run_checkout(engine, sku, qty, key, payer(key))
-        except PaymentFailed as failed:
-            return jsonify(error=str(failed)), failed.status
+            order_id = self.checkout(self.engine, items, key, self.payer(key))
+        except (PaymentError, Invalid):
+            raise
         except Exception as error:  # noqa: BLE001 - a twin request, or a broken checkout function
-            twin = order_for(key) if _store.is_integrity_error(error) else None
-            if twin is not None:  # the same key committed meanwhile (PostgreSQL): its answer
-                return answer(twin, sku, qty, replayed=True)
-            log.warning("checkout failed", exc_info=True)
-            return jsonify(error=f"the checkout failed: {type(error).__name__}; nothing was bought"), 500
+            twin = self.order_for(key) if isinstance(error, sqlalchemy.exc.IntegrityError) else None
+            if twin is None:  # not the same key committed meanwhile (PostgreSQL): a broken checkout
+                log.warning("checkout failed", exc_info=True)
+                abort(500, f"the checkout failed: {type(error).__name__}; nothing was bought")
+            order_id, replayed = twin, True
         if order_id is None:
-            twin = order_for(key)  # on PostgreSQL a twin may have taken the last item for this very key
-            if twin is not None:
-                return answer(twin, sku, qty, replayed=True)
-            return jsonify(error=f"not enough {sku!r} in stock for {qty}; nothing was bought or charged"), 409
-        return answer(order_id, sku, qty, replayed=replayed)
+            order_id, replayed = self.order_for(key), True  # on PostgreSQL a twin may have taken the last item
+            if order_id is None:
+                abort(409, "not enough in stock for this basket; nothing was bought or charged")
+        return self.answer(order_id, items, replayed)
 
-    @app.get("/orders")
-    def list_orders():
-        with engine.connect() as c:
-            ids = c.execute(select(orders.c.id).order_by(orders.c.id)).scalars().all()
-            rows = [_store.order_row(c, i) for i in ids]
-            c.rollback()
-        return jsonify(orders=rows)
+    def answer(self, order_id, items, replayed: bool):
+        row = self.read(order_id) if isinstance(order_id, int) else None
+        if row is None:  # a checkout function that returned an id it never wrote
+            abort(500, f"the checkout returned order {order_id!r:.40}, which is not in the database")
+        if sorted((line["sku"], line["qty"]) for line in row["items"]) != sorted(items):
+            abort(422, "this Idempotency-Key was used for another basket; use a new key for a new order")
+        return 201, {"order": row}, replayed
 
-    @app.get(f"/orders/<int(max={_store.MAX_ID}):order_id>")  # a larger id is no order (404), not an overflow
-    def get_order(order_id: int):
-        with engine.connect() as c:
-            row = _store.order_row(c, order_id)
-            c.rollback()
-        if row is None:
-            return jsonify(error=f"no order {order_id}; GET /orders lists them"), 404
-        return jsonify(row)
+    def close(self) -> None:
+        self.client.close()
+        if self._owned:
+            self.database.close()
 
-    return app
+
+def basket(body: dict) -> list[tuple[str, int]]:
+    """The (sku, qty) pairs of a checkout's body, or 400."""
+    items = body.get("items")
+    if not isinstance(items, list) or not 1 <= len(items) <= store.MAX_LINES:
+        raise Invalid(f'items must be a list of 1 to {store.MAX_LINES} {{"sku": ..., "qty": ...}}, '
+                      f"not {kit.short(items)}")
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"sku", "qty"}:
+            raise Invalid(f'each item is {{"sku": "mug", "qty": 1}}, not {kit.short(item)}')
+        pairs.append((kit.text(item["sku"], "sku", limit=store.MAX_SKU), kit.whole(item["qty"], "qty", 1, store.MAX_QTY)))
+    if len({sku for sku, _ in pairs}) != len(pairs):
+        raise Invalid("name each product once in a basket, with the quantity you want")
+    return pairs
+
+
+routes = Blueprint("orders", __name__)
+
+
+@routes.post("/checkout")
+def post_checkout():
+    key = kit.idempotency_key()
+    if key is None:
+        raise Invalid("send an Idempotency-Key header (1 to 100 printable characters, the same on every retry)")
+    items = basket(kit.body('{"items": [{"sku": "mug", "qty": 1}]}'))
+    try:
+        status, answer, replayed = kit.state().buy(items, key)
+    except PaymentError as failed:  # not abort(): werkzeug has no exception for 402
+        return jsonify(error=str(failed)), failed.status
+    response = jsonify(answer)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, status
+
+
+@routes.get("/orders")
+def list_orders():
+    state = kit.state()
+    with state.engine.connect() as c:
+        ids = c.execute(select(orders.c.id).order_by(orders.c.id)).scalars().all()
+        rows = [store.order_row(c, i) for i in ids]
+        c.rollback()
+    return {"orders": rows}
+
+
+@routes.get(f"/orders/<int(max={store.MAX_ID}):order_id>")  # a larger id is no order (404), not an overflow
+def get_order(order_id: int):
+    row = kit.state().read(order_id)
+    if row is None:
+        abort(404, f"no order {order_id}; GET /orders lists them")
+    return row
+
+
+def create_app(*, name: str = "orders", db=None, url: str | None = None, payment_url: str | None = None,
+               timeout_s: float = 2.0, payment_attempts: int = 2, checkout=checkout, trace=None):
+    """An orders service on the shared database that charges through ``payment_url``.
+
+    ``timeout_s`` bounds each call to the payment service; a call that fails is tried
+    ``payment_attempts`` times in all, with the same key. ``trace`` is where its calls
+    to the payment service are recorded (default: labkit.trace).
+    """
+    database = store.database(db, url)
+    state = Orders(name, database, owned=db is None, checkout=checkout, trace=trace,
+                   payment_url=payment_url or os.environ.get("LABKIT_PAYMENT_URL", "http://127.0.0.1:5004"),
+                   timeout_s=timeout_s, payment_attempts=payment_attempts)
+    return kit.make_app(name, state, routes)

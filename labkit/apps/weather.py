@@ -10,26 +10,26 @@ the body without looking at the status gets an error dressed as data.
 
 import zlib
 
-from flask import Flask, jsonify, request
+from flask import Blueprint, abort, request
 
-from ._errors import json_errors
+from . import kit
 
-_SKIES = ["sunny", "cloudy", "rain", "snow", "fog", "wind"]
+SKIES = ["sunny", "cloudy", "rain", "snow", "fog", "wind"]
+
+routes = Blueprint("weather", __name__)
 
 
-def create_app() -> Flask:
-    app = json_errors(Flask("weather"))
+@routes.get("/forecast")
+def forecast():
+    city = kit.text(request.args.get("city", "Oslo").strip(), "city")
+    n = zlib.crc32(city.lower().encode())
+    return {"city": city, "sky": SKIES[n % len(SKIES)], "temperature_c": n % 41 - 10}
 
-    @app.get("/forecast")
-    def forecast():
-        city = request.args.get("city", "Oslo").strip()
-        if not city or len(city) > 100:
-            return jsonify(error="city must be 1 to 100 characters"), 400
-        n = zlib.crc32(city.lower().encode())
-        return jsonify(city=city, sky=_SKIES[n % len(_SKIES)], temperature_c=n % 41 - 10)
 
-    @app.get("/broken")
-    def broken():
-        return jsonify(error="the forecast model is being updated; try again later"), 503
+@routes.get("/broken")
+def broken():
+    abort(503, "the forecast model is being updated; try again later")
 
-    return app
+
+def create_app(*, name: str = "weather"):
+    return kit.make_app(name, None, routes)

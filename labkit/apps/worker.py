@@ -7,9 +7,9 @@
                     a valid token
     GET  /stats     {"jobs": n} jobs done so far
 
-The worker checks tokens itself, with the broker's public key: it asks the broker for
-the key once (``GET /key``, or it is given ``public_key``) and never again, so signed-in
-callers keep working while the broker is away.
+The worker checks tokens itself, with the broker's public key: it fetches the broker's
+key set (``/.well-known/jwks.json``) on first need, and again only when a token names a
+key it has not seen, so signed-in callers keep working while the broker is away.
 
 Being a peer of the broker (registering, sending heartbeats with its load, leaving) is
 :class:`Member`'s job; :func:`start` serves a worker and makes it a member in one call::
@@ -20,8 +20,7 @@ Being a peer of the broker (registering, sending heartbeats with its load, leavi
 
 As its own process: ``LABKIT_PEER_NAME=bob LABKIT_PEER_SECRET=s LABKIT_BROKER_URL=http://A:5001
 LABKIT_PEER_URL=http://B:5002 python -m labkit serve worker --host 0.0.0.0 --port 5002``
-registers at the broker and sends heartbeats until the process ends (the membership is
-``app.extensions["worker"]["member"]``).
+registers at the broker and sends heartbeats until the process ends.
 """
 
 from __future__ import annotations
@@ -31,91 +30,102 @@ import threading
 
 import jwt
 import requests
-from cryptography.hazmat.primitives import serialization
-from flask import Flask, jsonify, request
+from flask import Blueprint, abort, request
 
 from .. import server as _server
 from ..client import Client
-from ._errors import json_errors
-from .broker import bearer, verify
+from ..errors import Invalid, KeysUnavailable
+from . import kit, tokens
 
 MAX_NUMBERS = 1000
 
 
-def create_app(*, node: str | None = None, kind: str | None = None, public_key=None,
-               broker_url: str | None = None, trace=None) -> Flask:
-    """A worker called ``node`` that trusts tokens signed by the broker at ``broker_url``.
+class WorkerState:
+    """A worker's state: its name and kind, the broker's keys, its job count, and its membership (if any)."""
 
-    ``public_key`` (a PEM string or key) spares the worker its one ``GET /key``.
-    Unset options come from LABKIT_PEER_NAME, LABKIT_PEER_KIND and LABKIT_BROKER_URL.
-    """
-    name = node or os.environ.get("LABKIT_PEER_NAME", "worker")
-    kind = kind or os.environ.get("LABKIT_PEER_KIND", "worker")
-    broker_url = broker_url or os.environ.get("LABKIT_BROKER_URL")
-    app = json_errors(Flask(name))
-    lock = threading.Lock()
-    state = {"jobs": 0, "key": _load_key(public_key) if public_key is not None else None}
+    def __init__(self, name: str, kind: str, broker_url: str | None, timeout_s: float, trace):
+        self.name, self.kind = kit.name(name, "a worker's name"), kit.name(kind, "kind")
+        self.client = Client(name, timeout=kit.positive(timeout_s, "timeout_s", 60), trace=trace)
+        self.broker_url = broker_url.rstrip("/") if broker_url else None
+        self.keys = tokens.KeySet(self.broker_url + "/.well-known/jwks.json", self.client) if broker_url else None
+        self.jobs = 0
+        self.member: Member | None = None
+        self._lock = threading.Lock()
 
-    def trusted_key():
-        with lock:
-            if state["key"] is None and broker_url:
-                with Client(name, timeout=2, trace=trace) as client:
-                    try:
-                        answer = client.get(broker_url.rstrip("/") + "/key")
-                        state["key"] = _load_key(answer.json()["public_key"])
-                    except (requests.exceptions.RequestException, ValueError, KeyError, TypeError):
-                        pass
-            return state["key"]
-
-    @app.get("/")
-    def index():
-        with lock:
-            return jsonify(name=name, kind=kind, jobs=state["jobs"])
-
-    @app.get("/hello")
-    def hello():
-        return jsonify(name=name, kind=kind)
-
-    @app.get("/stats")
-    def stats():
-        with lock:
-            return jsonify(jobs=state["jobs"])
-
-    @app.post("/jobs")
-    def jobs():
-        token = bearer(request.headers)
+    def caller(self, token: str | None) -> str:
+        """Who a valid token says signed in, or the refusal (401; 503 without the broker's keys)."""
         if token is None:
-            return jsonify(error='send a token from the broker in an "Authorization: Bearer TOKEN" header'), 401
-        key = trusted_key()
-        if key is None:
-            return jsonify(error="this worker does not have the broker's public key yet, so it trusts no token; "
-                                 "try again when the broker is reachable"), 503
+            abort(401, 'send a token from the broker in an "Authorization: Bearer TOKEN" header')
+        if self.keys is None:
+            abort(503, "this worker knows no broker, so it trusts no token")
         try:
-            caller = verify(token, key)["sub"]
+            return tokens.verify(token, self.keys)["sub"]
+        except KeysUnavailable:
+            abort(503, "this worker does not have the broker's public key yet, so it trusts no token; "
+                       "try again when the broker is reachable")
         except jwt.InvalidTokenError as error:
-            return jsonify(error=f"the token is not valid ({error}); sign in at the broker again"), 401
-        body = request.get_json(silent=True)
-        numbers = body.get("numbers") if isinstance(body, dict) else None
-        if (not isinstance(numbers, list) or len(numbers) > MAX_NUMBERS
-                or not all(isinstance(n, int) and not isinstance(n, bool) and abs(n) < 10**15 for n in numbers)):
-            return jsonify(error=f'send JSON {{"numbers": [1, 2, 3]}}: a list of at most {MAX_NUMBERS} '
-                                 f'whole numbers (below 10**15 in size)'), 400
-        with lock:
-            state["jobs"] += 1
-        return jsonify(by=name, sum=sum(numbers), **{"for": caller})
+            abort(401, f"the token is not valid ({error}); sign in at the broker again")
 
-    if broker_url and os.environ.get("LABKIT_PEER_URL") and os.environ.get("LABKIT_PEER_SECRET"):
-        # Its own process (python -m labkit serve worker): join the broker; the daemon thread ends with it.
-        app.extensions["worker"] = {"member": Member(
-            None, broker_url, os.environ["LABKIT_PEER_SECRET"], name=name, kind=kind,
-            url=os.environ["LABKIT_PEER_URL"], heartbeat_s=5.0, trace=trace, must_register=False)}
-    return app
+    def did_a_job(self) -> int:
+        with self._lock:
+            self.jobs += 1
+            return self.jobs
+
+    def close(self) -> None:
+        if self.member is not None:
+            self.member.stop(leave=False)
+        self.client.close()
 
 
-def _load_key(key):
-    if isinstance(key, str):
-        return serialization.load_pem_public_key(key.encode())
-    return key
+routes = Blueprint("worker", __name__)
+
+
+@routes.get("/")
+def index():
+    state = kit.state()
+    return {"name": state.name, "kind": state.kind, "jobs": state.jobs}
+
+
+@routes.get("/hello")
+def hello():
+    state = kit.state()
+    return {"name": state.name, "kind": state.kind}
+
+
+@routes.get("/stats")
+def stats():
+    return {"jobs": kit.state().jobs}
+
+
+@routes.post("/jobs")
+def jobs():
+    state = kit.state()
+    caller = state.caller(tokens.bearer(request.headers))
+    numbers = kit.body('{"numbers": [1, 2, 3]}').get("numbers")
+    if (not isinstance(numbers, list) or len(numbers) > MAX_NUMBERS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and abs(n) < 10**15 for n in numbers)):
+        raise Invalid(f'send JSON {{"numbers": [1, 2, 3]}}: a list of at most {MAX_NUMBERS} whole numbers '
+                      f"(below 10**15 in size)")
+    state.did_a_job()
+    return {"by": state.name, "sum": sum(numbers), "for": caller}
+
+
+def create_app(*, name: str | None = None, kind: str | None = None, broker_url: str | None = None,
+               timeout_s: float = 2.0, trace=None):
+    """A worker called ``name`` that trusts tokens signed by the broker at ``broker_url``.
+
+    Unset options come from LABKIT_PEER_NAME, LABKIT_PEER_KIND and LABKIT_BROKER_URL. With
+    LABKIT_PEER_URL and LABKIT_PEER_SECRET set too (its own process), it registers at the
+    broker and sends heartbeats until its server stops.
+    """
+    state = WorkerState(name or os.environ.get("LABKIT_PEER_NAME", "worker"),
+                        kind or os.environ.get("LABKIT_PEER_KIND", "worker"),
+                        broker_url or os.environ.get("LABKIT_BROKER_URL"), timeout_s, trace)
+    if state.keys is not None and os.environ.get("LABKIT_PEER_URL") and os.environ.get("LABKIT_PEER_SECRET"):
+        state.member = Member(None, state.broker_url, os.environ["LABKIT_PEER_SECRET"],
+                              name=state.name, kind=state.kind, url=os.environ["LABKIT_PEER_URL"], heartbeat_s=5.0,
+                              trace=trace, must_register=False)
+    return kit.make_app(state.name, state, routes)
 
 
 class Member:
@@ -232,9 +242,9 @@ class Worker:
 
 
 def start(name: str, broker_url: str, secret: str, *, kind: str = "worker", load: int = 0,
-          heartbeat_s: float = 1.0, public_key=None, trace=None) -> Worker:
+          heartbeat_s: float = 1.0, trace=None) -> Worker:
     """Serve a worker called ``name`` and register it at the broker; heartbeats every ``heartbeat_s``."""
-    app = create_app(node=name, kind=kind, public_key=public_key, broker_url=broker_url, trace=trace)
+    app = create_app(name=name, kind=kind, broker_url=broker_url, trace=trace)
     server = _server.serve(app, name=name, trace=trace)
     try:
         member = Member(server, broker_url, secret, name=name, kind=kind, load=load,

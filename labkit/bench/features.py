@@ -22,10 +22,10 @@ def bench_discovery(plan: Plan, keys: set) -> dict:
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(labkit.serve(create("registry"), name="bench-registry", trace=log))
         client = stack.enter_context(labkit.Client("bench", trace=log, timeout=5))
-        healthy = stack.enter_context(labkit.serve(create("instance", label="a"), name="bench-a", trace=log))
+        healthy = stack.enter_context(labkit.serve(create("instance", name="a"), name="bench-a", trace=log))
         dead = stack.enter_context(labkit.Link(healthy, trace=log, down=True))  # refuses at once
         client.post(f"{registry.url}/services/bench/instances",
-                    json={"id": "a", "url": healthy.url, "ttl": 3600}).raise_for_status()
+                    json={"id": "a", "url": healthy.url, "ttl_s": 3600}).raise_for_status()
         known = healthy.url + "/whoami"
 
         def with_lookup():
@@ -65,11 +65,11 @@ def _pay(client, url: str, amount: int, key, rng, retries: bool) -> bool:
 
     for attempt in range(8 if retries else 1):
         try:
-            response = client.post(url + "/charge", json={"amount": amount},
+            response = client.post(url + "/charges", json={"amount_cents": amount},
                                    headers={"Idempotency-Key": key}, timeout=(1, 2))
             if response.status_code == 201:
                 return True
-            if response.status_code < 500:
+            if response.status_code < 500 and response.status_code != 409:
                 return False
         except requests.exceptions.RequestException:
             pass
@@ -87,7 +87,7 @@ def _storm(jitter: bool, log, customers: int = 40) -> float:
     import labkit
     from labkit.apps import create
 
-    app = create("flaky", seed=0, recover_s=0.5, capacity=4, work_ms=50)
+    app = create("payment", seed=0, recover_s=0.5, capacity=4, work_ms=50)
     paid_at, lock, go = [], threading.Lock(), threading.Barrier(customers)
 
     def customer(server_url, number):
@@ -96,7 +96,7 @@ def _storm(jitter: bool, log, customers: int = 40) -> float:
             go.wait()
             for attempt in range(16):
                 try:
-                    status = client.post(server_url + "/charge", json={"amount": 500},
+                    status = client.post(server_url + "/charges", json={"amount_cents": 500},
                                          headers={"Idempotency-Key": f"c-{number}"}, timeout=(1, 2)).status_code
                     if status == 201:
                         with lock:
@@ -145,14 +145,14 @@ def bench_retries(plan: Plan, keys: set) -> dict:
         for round_ in range(plan(6, 2)):
             sides = (False, True) if round_ % 2 == 0 else (True, False)
             for retries in sides:  # the same seed both sides: the same 503s at the same requests
-                app = create("flaky", seed=round_, error_rate=0.3)
+                app = create("payment", seed=round_, error_rate=0.3)
                 with labkit.serve(app, name="bench-retries", trace=log) as server, \
                         labkit.Client("bench", trace=log) as client:
                     rng = random.Random(round_)
                     ok = sum(_pay(client, server.url, 100 + n, f"r{round_}-{n}", rng, retries)
                              for n in range(payments))
                     paid[retries].append(ok / payments)
-                    load[retries].append(app.config["flaky"].stats()["requests"] / payments)
+                    load[retries].append(app.extensions["labkit"].stats()["requests"] / payments)
                     rate = {side: median(values) for side, values in paid.items()}
         cost = {side: median(values) for side, values in load.items()}
         rounds = len(paid[True])
@@ -222,7 +222,7 @@ def bench_concurrency(plan: Plan, keys: set) -> dict:
 
     log = labkit.Trace()
     rates = {(side, n): [] for side in ("direct", "link") for n in (1, CONCURRENT_CLIENTS)}
-    app = create("counter", pause_ms=0)
+    app = create("counter", work_ms=0)
     try:
         with labkit.serve(app, name="bench-counter", trace=log) as server, \
                 labkit.Link(server, latency_ms=20, seed=8, trace=log) as link:
@@ -237,7 +237,7 @@ def bench_concurrency(plan: Plan, keys: set) -> dict:
                 if round_ >= 1 and time.monotonic() > deadline:
                     break
     finally:
-        app.config["database"].close()
+        app.extensions["labkit"].close()
     results = {}
     for side in ("direct", "link"):
         key = f"concurrency_scaling_{side}"

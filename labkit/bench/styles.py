@@ -39,11 +39,11 @@ def bench_gossip(plan: Plan, keys: set) -> dict:
                 net = stack.enter_context(labkit.Network(seed=repeat, trace=log))
                 peers, urls = {}, {}
                 for name in names:
-                    app = create_app(peer_name=name, dial=network_dial(net, name, drop=drop), seed=repeat,
-                                     timeout=0.3, trace=log)
+                    app = create_app(name=name, dial=network_dial(net, name, drop=drop), seed=repeat,
+                                     timeout_s=0.3, trace=log)
                     urls[name] = stack.enter_context(labkit.serve(app, name=name, trace=log)).url
-                    app.peer.address = urls[name]
-                    peers[name] = app.peer
+                    peers[name] = app.extensions["labkit"]
+                    peers[name].address = urls[name]
                 for peer in peers.values():  # everyone knows everyone: partners are uniform, as the theory assumes
                     peer.learn(urls)
                 peers[names[repeat % len(names)]].write("news", repeat)
@@ -77,13 +77,13 @@ def bench_broker(plan: Plan, keys: set) -> dict:
 
     log = labkit.Trace()
     with contextlib.ExitStack() as stack:
-        broker_app = create("broker", ttl_s=600, node="bench-broker", trace=log)
+        broker_app = create("broker", name="bench-broker", ttl_s=600, trace=log)
         broker = stack.enter_context(labkit.serve(broker_app, name="bench-broker", trace=log))
         to_broker = stack.enter_context(labkit.Link(broker, latency_ms=1, trace=log))
         members = {}
         for name in ("bench-alice", "bench-bob"):
             server = stack.enter_context(labkit.serve(
-                create("worker", node=name, broker_url=to_broker.url, trace=log), name=name, trace=log))
+                create("worker", name=name, broker_url=to_broker.url, trace=log), name=name, trace=log))
             link = stack.enter_context(labkit.Link(server, latency_ms=1, trace=log))
             member = worker.Member(server, to_broker.url, f"{name}-secret", name=name, url=link.url,
                                    heartbeat_s=600, trace=log)
@@ -133,7 +133,7 @@ def _rate(url: str, buyers: int, per_buyer: int, counter) -> float:
             client.get(url + "/orders/0")  # connect before the clock starts (answers 404)
             for _ in range(per_buyer):
                 key = f"bench-{next(counter)}"
-                answer = client.post(url + "/checkout", json={"sku": "bench", "qty": 1},
+                answer = client.post(url + "/checkout", json={"items": [{"sku": "bench", "qty": 1}]},
                                      headers={"Idempotency-Key": key})
                 answer.raise_for_status()
 
@@ -145,16 +145,16 @@ def _rate(url: str, buyers: int, per_buyer: int, counter) -> float:
 
 def _measure(db_url: str | None, plan) -> dict[int, list[float]]:
     import labkit
-    from labkit.apps import _store, create
+    from labkit.apps import create, store
     from labkit.db import Database
 
     rates: dict[int, list[float]] = {level: [] for level in LEVELS}
     counter = itertools.count()
     with Database(db_url) as db:
-        _store.setup(db.engine, ())
-        _store.restock(db.engine, "bench", 10**6, price_cents=100)
+        store.setup(db.engine, ())
+        store.restock(db.engine, "bench", 10**6, price_cents=100)
         trace = labkit.Trace()
-        with labkit.serve(create("payment", db=db), name="bench-payment", trace=trace) as payment:
+        with labkit.serve(create("payment"), name="bench-payment", trace=trace) as payment:
             app = create("orders", db=db, payment_url=payment.url, trace=trace)
             with labkit.serve(app, name="bench-orders", trace=trace) as orders:
                 total = plan(256, 64)  # checkouts per measurement, whatever the level

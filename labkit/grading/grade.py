@@ -19,9 +19,10 @@ For each submission the grader
    limit per cell (``--cell-timeout``) and one for the whole submission
    (``--time-limit``), after which every process of the run is killed;
 5. reads nbval's result for each cell (:mod:`labkit.grading.probe`) and the verdicts
-   the guarded ``labkit.check`` recorded; a question passes when its check cell
-   recorded the passed verdict. The message is the verdict line itself, the same line
-   ``labkit.check`` prints in the student's notebook for the same answer;
+   the guarded ``labkit.check`` recorded (question, passed, points, message); a
+   question passes when its check cell recorded a passed verdict. The message is the
+   verdict line itself, the same line ``labkit.check`` prints in the student's
+   notebook for the same answer;
 6. if the kernel died or the run was killed, the question whose cell broke it scores 0
    with a message saying so, and the notebook runs again with that answer left out,
    so the other questions are still graded.
@@ -69,8 +70,8 @@ from pathlib import Path
 
 import nbformat
 
+from ..errors import GradeError
 from . import release, sandbox
-from .check import passed_line, questions
 
 #: Default seconds one cell may run before nbval interrupts it.
 CELL_TIMEOUT_S = 120.0
@@ -78,11 +79,8 @@ CELL_TIMEOUT_S = 120.0
 TIME_LIMIT_S = 600.0
 #: The cells the grader adds: one first in every notebook it runs, one before each check cell.
 RESTORE_CELL = "import labkit.grading.guard as _labkit_guard; _labkit_guard.restore(); del _labkit_guard"
-GUARD_CELL = "import labkit.grading.guard as _labkit_guard; _labkit_guard.install({path!r}); del _labkit_guard"
-
-
-class GradeError(Exception):
-    """The grader cannot run at all (no such file, no solution edition)."""
+GUARD_CELL = ("import labkit.grading.guard as _labkit_guard; _labkit_guard.install({path!r}, {points!r}); "
+              "del _labkit_guard")
 
 
 @dataclasses.dataclass
@@ -214,7 +212,8 @@ def merge(solution: Solution, answers: dict[str, str], verdict_path: str):
         marks = release.role(cell)
         if marks and marks[1] == "answer":
             cell.source = answers.get(marks[0], release.stub_source(cell.source))
-    cells = [nbformat.v4.new_code_cell(GUARD_CELL.format(path=verdict_path), id="labkit-grader-guard")]
+    cells = [nbformat.v4.new_code_cell(GUARD_CELL.format(path=verdict_path, points=solution.max_points),
+                                       id="labkit-grader-guard")]
     for number, cell in enumerate(nb.cells):
         marks = release.role(cell)
         if marks and marks[1] == "check":
@@ -287,7 +286,7 @@ def kill_all() -> None:
 @dataclasses.dataclass
 class RunResult:
     cells: dict          # code cell number -> the probe's record
-    verdicts: list       # {"question", "line", "t"}
+    verdicts: list       # {"question", "status", "passed", "points", "message", "t"}
     killed: bool         # the run hit the time limit
     seconds: float
 
@@ -460,8 +459,7 @@ def _judge(solution: Solution, roles: list, result: RunResult, live: dict, optio
         inside = [v for v in result.verdicts if v.get("question") == q
                   and record["start"] - 0.5 <= v.get("t", 0) <= record["end"] + 0.5]
         if inside:
-            line = inside[-1]["line"]
-            found[q] = (line == passed_line(questions()[q]), line)
+            found[q] = (inside[-1].get("passed") is True, str(inside[-1].get("message", "")))
             continue
         found[q] = (False, _why_no_verdict(q, record, result.cells.get(answer_cell[q]), options))
 
@@ -473,8 +471,7 @@ def _judge(solution: Solution, roles: list, result: RunResult, live: dict, optio
             broken_at, how = number, "killed" if result.killed else "stopped"
             break
         if record.get("kind") == "dead":
-            dead_on_start = "dead on test start" in (record.get("message") or "")
-            broken_at, how = (number - 1 if dead_on_start else number), "dead"
+            broken_at, how = (number - 1 if record.get("dead_at_start") else number), "dead"
             break
     unjudged = [q for q in live if q not in found]
     if broken_at is None or not unjudged:

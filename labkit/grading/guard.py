@@ -3,7 +3,7 @@
 ``python -m labkit grade`` puts one cell of its own before every other cell of the
 notebook it runs::
 
-    import labkit.grading.guard as _g; _g.install("/tmp/.../verdicts"); del _g
+    import labkit.grading.guard as _g; _g.install("/tmp/.../verdicts", {"q1.1": 1.0}); del _g
 
 ``install`` (before any of the student's code has run):
 
@@ -12,17 +12,19 @@ notebook it runs::
    they define;
 2. opens the verdict file, keeps it open in a closure, and deletes its name, so the
    student's code has no path to write to (the grader reads it through its own handle);
-3. replaces ``labkit.check`` (and ``labkit.grading.check.check``) by a guarded check.
+3. replaces ``labkit.check`` (and ``labkit.grading.checker.check``) by a guarded check.
 
 Before each check cell the grader puts a cell calling :func:`restore`, so an answer that
 replaced ``labkit.check`` for its own question does not spoil the checks of the others.
 
 The guarded check first puts every snapshotted name back as it was (undoing any
 monkeypatching of labkit or requests by the answers), then runs the genuine
-:func:`labkit.grading.check.verdict` it captured at install time, prints the line as
-``labkit.check`` does, and writes ``{"question", "line", "t"}`` to the verdict file.
+:func:`labkit.grading.checker.verdict` it captured at install time, prints the line as
+``labkit.check`` does, and writes the verdict to the verdict file: ``{"question",
+"status", "passed", "points", "message", "t"}`` (points: the question's points if it
+passed, else 0).
 
-The grader counts a question as passed only when this file holds the passed verdict
+The grader counts a question as passed only when this file holds a passed verdict
 for it, written while that question's check cell ran. An answer that replaces
 ``labkit.check`` (``labkit.check = lambda *a: print("q1.1 passed: ...")``) prints the
 right words but writes nothing there, and scores 0 with a message that says so.
@@ -82,14 +84,17 @@ def _restore(taken: list) -> None:
 _MISSING = object()
 
 
-def install(path: str) -> None:
-    """Guard ``labkit.check`` in this kernel; verdicts go to ``path`` (whose name is then removed)."""
+def install(path: str, points: dict) -> None:
+    """Guard ``labkit.check`` in this kernel; verdicts go to ``path`` (whose name is then removed).
+
+    ``points`` maps each question to what it is worth.
+    """
     import labkit
     import labkit.apps  # noqa: F401  (what the hidden tests import, loaded before the snapshot)
-    checking = importlib.import_module("labkit.grading.check")
+    checking = importlib.import_module("labkit.grading.checker")
     checking.questions()  # load every hidden test
     real_verdict = checking.verdict
-    real_show_diagram = checking._show_diagram
+    real_show_diagram = checking.show_diagram
     out = open(path, "a", encoding="utf-8")
     try:
         os.unlink(path)
@@ -97,17 +102,21 @@ def install(path: str) -> None:
         pass
     write, flush, now, dumps = out.write, out.flush, time.time, json.dumps
 
-    def check(question: str, answer, *, diagram: bool = False, time_limit: float | None = None) -> None:
+    worth = dict(points)
+
+    def check(question: str, answer, *, diagram=None, time_limit: float | None = None) -> None:
         _restore(taken)
-        line, trace = real_verdict(question, answer, time_limit=time_limit)
+        result, trace = real_verdict(question, answer, time_limit=time_limit)
         try:
-            write(dumps({"question": str(question), "line": line, "t": now()}) + "\n")
+            write(dumps({"question": result.question, "status": result.status, "passed": result.passed,
+                         "points": worth.get(result.question, 1.0) if result.passed else 0.0,
+                         "message": result.line, "t": now()}) + "\n")
             flush()
         except Exception:
             pass
-        print(line)
-        if diagram and trace is not None:
-            real_show_diagram(trace)
+        print(result.line)
+        if diagram is not None and trace is not None:
+            real_show_diagram(diagram, trace)
 
     check.__doc__ = checking.check.__doc__
     check.__wrapped__ = checking.check

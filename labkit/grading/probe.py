@@ -3,8 +3,9 @@
 It writes one JSON line per notebook cell nbval ran to the file named by the
 environment variable ``LABKIT_PROBE_OUT``: the code cell's number (as nbval counts
 them), when it started and ended, nbval's outcome, what went wrong (``timeout``,
-``dead`` kernel, ``error`` raised in the cell, outputs that ``differ``), the error's
-name and value, and the end of the cell's stdout.
+``dead`` kernel, ``error`` raised in the cell, outputs that ``differ``: read from the
+state nbval and the kernel are in, never from nbval's messages), the error's name and
+value, and the end of the cell's stdout.
 
 It also makes nbval notice a dead kernel at once: nbval 0.11 waits for a reply
 until the cell's timeout even when the kernel has exited, so the kernel's
@@ -62,22 +63,23 @@ _started: dict = {}
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
-    _started[item.nodeid] = time.time()
+    kernel = getattr(item.parent, "kernel", None)
+    _started[item.nodeid] = (time.time(), getattr(item.parent, "timed_out", False),
+                             kernel is not None and not kernel.is_alive())
     yield
 
 
-def _kind(excinfo) -> str | None:
+def _kind(item, excinfo, errors) -> str | None:
+    """What went wrong in the cell, from the state nbval and the kernel are left in (never its wording)."""
     if excinfo is None:
         return None
-    error = excinfo.value
-    text = str(error)
-    if isinstance(error, KernelDied) or "Kernel dead" in text or "kernel died" in text:
+    kernel = getattr(item.parent, "kernel", None)
+    if isinstance(excinfo.value, KernelDied) or (kernel is not None and not kernel.is_alive()):
         return "dead"
-    if "Timeout" in text:
+    timed_out_before = _started.get(item.nodeid, (0, False, False))[1]
+    if getattr(item.parent, "timed_out", False) and not timed_out_before:
         return "timeout"
-    if "Cell outputs differ" in text:
-        return "differ"
-    return "error"
+    return "error" if errors else "differ"
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -93,15 +95,14 @@ def pytest_runtest_makereport(item, call):
     outputs = getattr(item, "test_outputs", None) or []
     stdout = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stdout")
     errors = [o for o in outputs if o.get("output_type") == "error"]
-    kind = _kind(call.excinfo)
-    if kind == "error" and errors and errors[-1].get("ename") == "KeyboardInterrupt" and getattr(item.parent, "timed_out", False):
-        kind = "timeout"
+    kind = _kind(item, call.excinfo, errors)
     record = {
         "cell": cell,
         "when": call.when,
         "outcome": report.outcome,
         "kind": kind,
-        "start": _started.get(item.nodeid, call.start),
+        "start": _started.get(item.nodeid, (call.start, False, False))[0],
+        "dead_at_start": _started.get(item.nodeid, (0, False, False))[2],
         "end": time.time(),
         "ename": errors[-1].get("ename") if errors else None,
         "evalue": str(errors[-1].get("evalue", ""))[:500] if errors else None,

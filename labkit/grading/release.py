@@ -33,16 +33,12 @@ from pathlib import Path
 
 import nbformat
 
-from ..errors import LabkitError
-from .check import STUB, not_attempted_line
+from ..errors import ReleaseError
+from .verdicts import STUB, not_attempted
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 #: Which notebooks are released: solutions/NN_topic.ipynb
 PATTERN = "[0-9][0-9]_*.ipynb"
-
-
-class ReleaseError(LabkitError, ValueError):
-    """A solution notebook breaks the cell conventions; the message names the notebook and cell."""
 
 
 def role(cell) -> tuple[str, str] | None:
@@ -149,7 +145,7 @@ def student_edition(nb, *, name: str = "notebook"):
             cell.outputs = []
             cell.execution_count = None
         else:
-            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=not_attempted_line(question) + "\n")]
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=not_attempted(question).line + "\n")]
     return out
 
 

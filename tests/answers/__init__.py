@@ -1,18 +1,18 @@
-"""Every exercise's answers, one module per notebook (``nbNN.py``).
+"""Every exercise's answers: the solutions, read from the solution notebooks, and wrong answers.
 
-Each module holds ``SOLUTIONS`` (question id -> the solution edition's function) and
-``WRONG`` (a list of (question id, wrong function, [words its verdict must hold])).
-Convention: every exercise adds its solution and at least two wrong answers here (one
-subtly wrong); tests/test_check.py checks them all with ``labkit.check``, and
-tests/test_grade.py sends them through the grader.
+``SOLUTIONS`` maps each question to the function its answer cell in ``solutions/`` defines
+(see solutions.py). ``WRONG``, gathered from the modules ``nbNN.py`` (one per notebook), lists
+(question id, wrong function, [words its verdict must hold]). Convention: every exercise adds
+at least two wrong answers here, one of them subtly wrong; tests/test_check.py checks them all
+with ``labkit.check``, and tests/test_grade.py sends them through the grader.
 """
 
 import importlib
 import pkgutil
 
-SOLUTIONS: dict = {}
+from .solutions import all_solutions
+
+SOLUTIONS: dict = all_solutions()
 WRONG: list = []
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    _answers = importlib.import_module(f"{__name__}.{_module}")
-    SOLUTIONS.update(_answers.SOLUTIONS)
-    WRONG.extend(_answers.WRONG)
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith("nb")):
+    WRONG.extend(importlib.import_module(f"{__name__}.{_module}").WRONG)

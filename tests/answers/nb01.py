@@ -1,35 +1,8 @@
-"""Answers to notebook 01: the solutions, and wrong answers with the words their verdict must hold."""
+"""Answers to notebook 01: wrong answers with the words their verdict must hold."""
 
 import time
 
 import requests
-
-
-def fetch_or_none(client, url):
-    try:
-        response = client.get(url, timeout=0.5)
-        response.raise_for_status()
-        return response.json()
-    except requests.exceptions.RequestException:
-        return None
-
-
-def order_totals(client, base_url, order_ids):
-    response = client.post(base_url + "/orders/batch", json={"ids": list(order_ids)})
-    response.raise_for_status()
-    return {o["id"]: round(sum(i["qty"] * i["price"] for i in o["items"]), 2) for o in response.json()["orders"]}
-
-
-def next_messages(client, base_url, after):
-    while True:
-        response = client.get(base_url + "/messages", params={"after": after, "wait": 5}, timeout=10)
-        response.raise_for_status()
-        messages = response.json()["messages"]
-        if messages:
-            return messages
-
-
-SOLUTIONS = {"q1.1": fetch_or_none, "q1.2": order_totals, "q1.3": next_messages}
 
 
 def fetch_no_timeout(client, url):
@@ -108,7 +81,7 @@ def messages_sleepy_polling(client, base_url, after):
 
 def messages_short_client_timeout(client, base_url, after):
     while True:
-        response = client.get(base_url + "/messages", params={"after": after, "wait": 5}, timeout=1)
+        response = client.get(base_url + "/messages", params={"after": after, "wait_s": 5}, timeout=1)
         messages = response.json()["messages"]
         if messages:
             return messages
@@ -120,7 +93,7 @@ def messages_no_wait(client, base_url, after):
 
 def messages_ignore_after(client, base_url, after):
     while True:
-        response = client.get(base_url + "/messages", params={"wait": 5}, timeout=10)
+        response = client.get(base_url + "/messages", params={"wait_s": 5}, timeout=10)
         messages = response.json()["messages"]
         if messages:
             return messages
@@ -143,7 +116,7 @@ WRONG = [
     ("q1.2", totals_ignore_qty, ["but its items add up to", "qty × price"]),
     ("q1.2", totals_string_keys, ["has no total for order", "keys must be the order ids"]),
     ("q1.3", messages_busy_polling, ["a message posted while you wait: it made more than 3 requests",
-                                     "GET /messages?after=N&wait=5"]),
+                                     "GET /messages?after=N&wait_s=5"]),
     ("q1.3", messages_sleepy_polling, ["more than 0.6 s after the message was posted", "sleeping between polls"]),
     ("q1.3", messages_short_client_timeout, ["your answer raised ReadTimeout (no answer within the client's timeout)",
                                              "the client's timeout must be longer than the server's wait"]),

@@ -1,77 +1,112 @@
-"""Answers to notebook 02: the solutions, and wrong answers with the words their verdict must hold."""
+"""Answers to notebook 02: wrong answers with the words their verdict must hold."""
 
 import requests
 
 
-def merge(mine, theirs):
-    merged = dict(mine)
-    for key, entry in theirs.items():
-        if key not in merged or (entry["clock"], entry["peer"]) > (merged[key]["clock"], merged[key]["peer"]):
-            merged[key] = entry
-    return merged
+from labkit.apps.peer import last_writer_wins
+
+WRITE = ("value", "clock", "peer", "version")
 
 
-def join_mesh(client, name, address, bootstrap):
-    for url in bootstrap:
-        try:
-            response = client.post(url + "/join", json={"name": name, "address": address}, timeout=0.5)
-            response.raise_for_status()
-            return response.json()["members"]
-        except requests.exceptions.RequestException:
-            continue
-    return None
+def _below(v1, v2):
+    return v1 != v2 and all(clock <= v2.get(peer, 0) for peer, clock in v1.items())
 
 
-SOLUTIONS = {"q2.1": merge, "q2.2": join_mesh}
+def _writes(*entries):
+    found = []
+    for entry in entries:
+        for write in (entry, *entry["conflicts"]):
+            write = {k: write[k] for k in WRITE}
+            if write not in found:
+                found.append(write)
+    return found
 
 
-def merge_theirs_win(mine, theirs):
-    return {**mine, **theirs}
+def _merge_with(keep):
+    """A merge that gathers each shared key's writes and lets ``keep(writes)`` choose the sorted survivors."""
+    def merge(mine, theirs):
+        merged = dict(mine)
+        for key, entry in theirs.items():
+            if key not in merged:
+                merged[key] = entry
+                continue
+            kept = keep(_writes(merged[key], entry))
+            merged[key] = {**kept[-1], "conflicts": kept[:-1]}
+        return merged
+    return merge
 
 
-def merge_keep_mine(mine, theirs):
-    return {**theirs, **mine}
+def merge_last_writer_wins(mine, theirs):
+    """Wrong: the peers' own merge, which drops concurrent writes."""
+    return last_writer_wins(mine, theirs)
 
 
-def merge_ignores_clocks(mine, theirs):
-    """Subtle: deterministic and order-independent, so replicas agree, but on the wrong winner."""
-    merged = dict(mine)
-    for key, entry in theirs.items():
-        if key not in merged or entry["peer"] > merged[key]["peer"]:
-            merged[key] = entry
-    return merged
+def merge_keeps_everything(mine, theirs):
+    """Wrong: never drops a write, so replaced writes stay as conflicts forever."""
+    return _merge_with(lambda writes: sorted(writes, key=lambda w: (w["clock"], w["peer"])))(mine, theirs)
 
 
-def merge_clock_only_keep_mine(mine, theirs):
-    """Subtle: right except on ties, where each peer keeps its own, so replicas never agree."""
-    merged = dict(mine)
-    for key, entry in theirs.items():
-        if key not in merged or entry["clock"] > merged[key]["clock"]:
-            merged[key] = entry
-    return merged
+def merge_no_dedupe(mine, theirs):
+    """Subtle: a write both sides hold is kept twice, so it ends up among its own conflicts."""
+    def merge(mine, theirs):
+        merged = dict(mine)
+        for key, entry in theirs.items():
+            if key not in merged:
+                merged[key] = entry
+                continue
+            writes = [{k: w[k] for k in WRITE} for e in (merged[key], entry) for w in (e, *e["conflicts"])]
+            kept = sorted([w for w in writes if not any(_below(w["version"], o["version"]) for o in writes)],
+                          key=lambda w: (w["clock"], w["peer"]))
+            merged[key] = {**kept[-1], "conflicts": kept[:-1]}
+        return merged
+    return merge(mine, theirs)
 
 
-def merge_clock_only_take_theirs(mine, theirs):
-    """Subtle: on ties the result depends on who pushed to whom."""
-    merged = dict(mine)
-    for key, entry in theirs.items():
-        if key not in merged or entry["clock"] >= merged[key]["clock"]:
-            merged[key] = entry
-    return merged
+def merge_unsorted_conflicts(mine, theirs):
+    """Subtle: keeps the right writes, but lists the conflicts in the order it met them, so two peers
+    that merged in different orders hold different replicas."""
+    def merge(mine, theirs):
+        merged = dict(mine)
+        for key, entry in theirs.items():
+            if key not in merged:
+                merged[key] = entry
+                continue
+            writes = _writes(merged[key], entry)
+            kept = [w for w in writes if not any(_below(w["version"], o["version"]) for o in writes)]
+            winner = max(kept, key=lambda w: (w["clock"], w["peer"]))
+            merged[key] = {**winner, "conflicts": [w for w in kept if w is not winner]}
+        return merged
+    return merge(mine, theirs)
 
 
-def merge_only_known_keys(mine, theirs):
-    merged = dict(mine)
-    for key in mine:
-        if key in theirs and (theirs[key]["clock"], theirs[key]["peer"]) > (mine[key]["clock"], mine[key]["peer"]):
-            merged[key] = theirs[key]
-    return merged
+def merge_by_clock(mine, theirs):
+    """Subtle: takes a larger Lamport clock for "happened after", which it does not mean: concurrent writes
+    with different clocks are dropped."""
+    def keep(writes):
+        newest = max(w["clock"] for w in writes)
+        return sorted([w for w in writes if w["clock"] == newest], key=lambda w: (w["clock"], w["peer"]))
+    return _merge_with(keep)(mine, theirs)
+
+
+def merge_forgets_conflicts(mine, theirs):
+    """Wrong: compares only the two entries, not the conflicts they already carry."""
+    def merge(mine, theirs):
+        merged = dict(mine)
+        for key, entry in theirs.items():
+            if key not in merged:
+                merged[key] = entry
+                continue
+            writes = [{k: e[k] for k in WRITE} for e in (merged[key], entry)]
+            writes = [w for i, w in enumerate(writes) if w not in writes[:i]]
+            kept = sorted([w for w in writes if not any(_below(w["version"], o["version"]) for o in writes)],
+                          key=lambda w: (w["clock"], w["peer"]))
+            merged[key] = {**kept[-1], "conflicts": kept[:-1]}
+        return merged
+    return merge(mine, theirs)
 
 
 def merge_returns_nothing(mine, theirs):
-    for key, entry in theirs.items():
-        if key not in mine or (entry["clock"], entry["peer"]) > (mine[key]["clock"], mine[key]["peer"]):
-            mine[key] = entry
+    mine.update({k: v for k, v in theirs.items() if k not in mine})
 
 
 def join_first_only(client, name, address, bootstrap):
@@ -115,13 +150,17 @@ def join_returns_response(client, name, address, bootstrap):
 
 
 WRONG = [
-    ("q2.1", merge_theirs_win, ["two peers", "older write", "Hint: compare the entries' clocks"]),
-    ("q2.1", merge_keep_mine, ["two peers", "older write"]),
-    ("q2.1", merge_ignores_clocks, ["two peers", "'shape'", "older write"]),
-    ("q2.1", merge_clock_only_keep_mine, ["two peers", "tie", "larger peer name"]),
-    ("q2.1", merge_clock_only_take_theirs, ["two peers", "tie"]),
-    ("q2.1", merge_only_known_keys, ["has no entry for", "Hint: start from a copy of mine"]),
-    ("q2.1", merge_returns_nothing, ["one call", "returned None, not a dict"]),
+    ("q2.1", merge_last_writer_wins, ["one call of merge(mine, theirs)", "'colour' holds 'blue'",
+                                      "it should keep the concurrent writes 'red' and 'blue'"]),
+    ("q2.1", merge_keeps_everything, ["'city' holds 'Oslo' and 'Lima'", "should hold only 'Lima'",
+                                      "was seen by the other's writer and replaced"]),
+    ("q2.1", merge_no_dedupe, ["merging the merged replica with b's once more", "'city' holds the same write more "
+                               "than once", "keep one copy of each version"]),
+    ("q2.1", merge_unsorted_conflicts, ["6 peers", "the entry of 'leader'", "sort the conflicts"]),
+    ("q2.1", merge_by_clock, ["one call of merge(mine, theirs)", "'colour' holds 'blue'",
+                              "keep both"]),
+    ("q2.1", merge_forgets_conflicts, ["merging the merged replica with b's once more"]),
+    ("q2.1", merge_returns_nothing, ["returned None, not a dict"]),
     ("q2.2", join_first_only, ["dead", "never heard of"]),
     ("q2.2", join_no_timeout, ["more than 3 s", "timeout=0.5"]),
     ("q2.2", join_catches_only_connection_errors, ["your answer raised ReadTimeout", "RequestException"]),

@@ -1,4 +1,4 @@
-"""Answers to notebook 05: the solution, and wrong answers with the words their verdict must hold."""
+"""Answers to notebook 05: wrong answers with the words their verdict must hold."""
 
 import itertools
 import time
@@ -6,28 +6,6 @@ import time
 import requests
 
 _turn = itertools.count()  # the round-robin counter, shared by every call
-
-
-def call_service(client, registry_url, service, path):
-    tried = set()
-    for _ in range(10):
-        listed = client.get(f"{registry_url}/services/{service}", timeout=2).json()["instances"]
-        # Round robin: each call starts one further along; instances not yet tried in this call go first.
-        start = next(_turn)
-        ordered = [listed[(start + k) % len(listed)] for k in range(len(listed))]
-        ordered.sort(key=lambda instance: instance["url"] in tried)
-        for instance in ordered:
-            try:
-                response = client.get(instance["url"] + path, timeout=0.5)
-                response.raise_for_status()
-                return response.json()
-            except requests.exceptions.RequestException:
-                tried.add(instance["url"])
-        time.sleep(0.2)  # every instance failed: give the registry a moment, then ask again
-    raise LookupError(f"no instance of {service!r} answered")
-
-
-SOLUTIONS = {"q5.1": call_service}
 
 
 def _instances(client, registry_url, service):
@@ -150,35 +128,7 @@ WRONG = [
 ]
 
 
-def keep_registered(client, registry_url, service, instance_id, url, ttl, seconds):
-    instances = f"{registry_url}/services/{service}/instances"
-    deadline = time.monotonic() + seconds
-
-    def register():
-        client.post(instances, json={"id": instance_id, "url": url, "ttl": ttl}, timeout=ttl / 3)
-
-    try:
-        register()
-    except requests.exceptions.RequestException:
-        pass  # the registry is out of reach: the next heartbeat tries again
-    while time.monotonic() < deadline:
-        time.sleep(max(0.0, min(ttl / 3, deadline - time.monotonic())))
-        try:
-            answer = client.put(f"{instances}/{instance_id}/heartbeat", timeout=ttl / 3)
-            if answer.status_code == 404:  # forgotten: register again
-                register()
-        except requests.exceptions.RequestException:
-            pass
-    try:
-        client.delete(f"{instances}/{instance_id}", timeout=ttl / 3)
-    except requests.exceptions.RequestException:
-        pass  # the lease will run out on its own
-
-
-SOLUTIONS["q5.2"] = keep_registered
-
-
-def _beats(client, registry_url, service, instance_id, url, ttl, seconds, *, every, again=True, leave=True,
+def _beats(client, registry_url, service, instance_id, url, ttl_s, seconds, *, every, again=True, leave=True,
            catch=True, timeout=0.3):
     instances = f"{registry_url}/services/{service}/instances"
     deadline = time.monotonic() + seconds
@@ -191,43 +141,43 @@ def _beats(client, registry_url, service, instance_id, url, ttl, seconds, *, eve
                 raise
             return None
 
-    guarded(lambda: client.post(instances, json={"id": instance_id, "url": url, "ttl": ttl}, timeout=timeout))
+    guarded(lambda: client.post(instances, json={"id": instance_id, "url": url, "ttl_s": ttl_s}, timeout=timeout))
     while time.monotonic() < deadline:
         time.sleep(max(0.0, min(every, deadline - time.monotonic())))
         answer = guarded(lambda: client.put(f"{instances}/{instance_id}/heartbeat", timeout=timeout))
         if again and answer is not None and answer.status_code == 404:
-            guarded(lambda: client.post(instances, json={"id": instance_id, "url": url, "ttl": ttl}, timeout=timeout))
+            guarded(lambda: client.post(instances, json={"id": instance_id, "url": url, "ttl_s": ttl_s}, timeout=timeout))
     if leave:
         guarded(lambda: client.delete(f"{instances}/{instance_id}", timeout=timeout))
 
 
-def beats_every_ttl(client, registry_url, service, instance_id, url, ttl, seconds):
-    return _beats(client, registry_url, service, instance_id, url, ttl, seconds, every=ttl)
+def beats_every_ttl(client, registry_url, service, instance_id, url, ttl_s, seconds):
+    return _beats(client, registry_url, service, instance_id, url, ttl_s, seconds, every=ttl_s)
 
 
-def beats_never_register_again(client, registry_url, service, instance_id, url, ttl, seconds):
-    return _beats(client, registry_url, service, instance_id, url, ttl, seconds, every=ttl / 3, again=False)
+def beats_never_register_again(client, registry_url, service, instance_id, url, ttl_s, seconds):
+    return _beats(client, registry_url, service, instance_id, url, ttl_s, seconds, every=ttl_s / 3, again=False)
 
 
-def beats_never_leave(client, registry_url, service, instance_id, url, ttl, seconds):
-    return _beats(client, registry_url, service, instance_id, url, ttl, seconds, every=ttl / 3, leave=False)
+def beats_never_leave(client, registry_url, service, instance_id, url, ttl_s, seconds):
+    return _beats(client, registry_url, service, instance_id, url, ttl_s, seconds, every=ttl_s / 3, leave=False)
 
 
-def beats_crash_on_error(client, registry_url, service, instance_id, url, ttl, seconds):
-    return _beats(client, registry_url, service, instance_id, url, ttl, seconds, every=ttl / 3, catch=False)
+def beats_crash_on_error(client, registry_url, service, instance_id, url, ttl_s, seconds):
+    return _beats(client, registry_url, service, instance_id, url, ttl_s, seconds, every=ttl_s / 3, catch=False)
 
 
-def beats_no_timeout(client, registry_url, service, instance_id, url, ttl, seconds):
-    return _beats(client, registry_url, service, instance_id, url, ttl, seconds, every=ttl / 3, timeout=None)
+def beats_no_timeout(client, registry_url, service, instance_id, url, ttl_s, seconds):
+    return _beats(client, registry_url, service, instance_id, url, ttl_s, seconds, every=ttl_s / 3, timeout=None)
 
 
 WRONG += [
     ("q5.2", beats_every_ttl, ["stays up for 1.2 s", "the registry forgot the instance while your function ran",
-                               "every ttl / 3 seconds"]),
+                               "every ttl_s / 3 seconds"]),
     ("q5.2", beats_never_register_again, ["an operator removes the instance midway", "never registered again",
                                           "register again at once"]),
     ("q5.2", beats_never_leave, ["was still listed after your function returned", "deregister before returning"]),
     ("q5.2", beats_crash_on_error, ["the registry loses every message", "your answer raised ReadTimeout",
                                     "catch requests.exceptions.RequestException"]),
-    ("q5.2", beats_no_timeout, ["stopped after 6 s: the answer did not return", "timeout=ttl / 3"]),
+    ("q5.2", beats_no_timeout, ["stopped after 6 s: the answer did not return", "timeout=ttl_s / 3"]),
 ]

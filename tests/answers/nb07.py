@@ -1,4 +1,4 @@
-"""Answers to notebook 07: the solution, and wrong answers with the words their verdict must hold."""
+"""Answers to notebook 07: wrong answers with the words their verdict must hold."""
 
 import time
 
@@ -6,30 +6,9 @@ import requests
 import tenacity
 
 
-def pay(client, url, amount, key):
-    def worth_retrying(response):
-        return response.status_code in (429, 500, 502, 503, 504)
-
-    retrying = tenacity.Retrying(
-        retry=(tenacity.retry_if_exception_type((requests.exceptions.ConnectionError, requests.exceptions.Timeout))
-               | tenacity.retry_if_result(worth_retrying)),
-        wait=tenacity.wait_random_exponential(multiplier=0.1, max=1.0),
-        stop=tenacity.stop_before_delay(2.5),
-    )
-    try:
-        response = retrying(client.post, url + "/charge", json={"amount": amount},
-                            headers={"Idempotency-Key": key}, timeout=(0.5, 0.5))
-    except tenacity.RetryError:
-        return None
-    return response.json() if response.status_code == 201 else None
-
-
-SOLUTIONS = {"q7.1": pay}
-
-
 def _charge(client, url, amount, key, *, timeout=(0.5, 0.5)):
     headers = {"Idempotency-Key": key} if key is not None else {}
-    return client.post(url + "/charge", json={"amount": amount}, headers=headers, timeout=timeout)
+    return client.post(url + "/charges", json={"amount_cents": amount}, headers=headers, timeout=timeout)
 
 
 def pay_no_retries(client, url, amount, key):
@@ -74,7 +53,7 @@ def _with_backoff(attempt, deadline_s=2.5):
 def pay_no_timeout(client, url, amount, key):
     def attempt():
         try:
-            response = client.post(url + "/charge", json={"amount": amount}, headers={"Idempotency-Key": key})
+            response = client.post(url + "/charges", json={"amount_cents": amount}, headers={"Idempotency-Key": key})
         except requests.exceptions.RequestException:
             return "again"
         if response.status_code >= 500:
@@ -125,8 +104,23 @@ def pay_gives_up_early(client, url, amount, key):
     return None
 
 
+def pay_409_is_final(client, url, amount, key):
+    """Subtle: right in every way but one: a 409 (the first attempt is still in progress) is taken as a refusal."""
+    retrying = tenacity.Retrying(
+        retry=(tenacity.retry_if_exception_type((requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+               | tenacity.retry_if_result(lambda response: response.status_code in (429, 500, 502, 503, 504))),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=1.0),
+        stop=tenacity.stop_before_delay(2.5),
+    )
+    try:
+        response = retrying(_charge, client, url, amount, key)
+    except tenacity.RetryError:
+        return None
+    return response.json() if response.status_code == 201 else None
+
+
 WRONG = [
-    ("q7.1", pay_no_retries, ["30% of answers are 503 Service Unavailable (seed 1): only 7 of 10 payments went through",
+    ("q7.1", pay_no_retries, ["30% of answers are 503 Service Unavailable (seed 1): only 6 of 10 payments went through",
                               "with exponential backoff and jitter"]),
     ("q7.1", pay_no_backoff, ["the recovering service received more than 12 requests for one payment",
                               "a fixed short pause hammers a service"]),
@@ -134,4 +128,5 @@ WRONG = [
     ("q7.1", pay_without_key, ["was charged 2 times", "Idempotency-Key"]),
     ("q7.1", pay_retries_everything, ["refused payments", "refused with 400", "cannot change that"]),
     ("q7.1", pay_gives_up_early, ["a down period", "it returned None, but the service was back"]),
+    ("q7.1", pay_409_is_final, ["still being processed", "only 0 of 2 payments went through", "409"]),
 ]

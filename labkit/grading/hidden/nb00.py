@@ -1,7 +1,7 @@
 """Hidden tests for notebook 00 (start here): q0.1 greet."""
 
 from labkit.apps import create
-from labkit.grading.check import Fail, Question, show
+from labkit.grading.authoring import Fail, Question, show
 
 q01 = Question(
     "q0.1", "greet", params=("client", "base_url", "name"),

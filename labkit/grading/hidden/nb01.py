@@ -6,7 +6,7 @@ import random
 import requests
 
 from labkit.apps import create
-from labkit.grading.check import Fail, Question, show
+from labkit.grading.authoring import Fail, Question, show
 
 # -- q1.1: a call that gives up -------------------------------------------------------
 
@@ -223,15 +223,15 @@ AT_ONCE_S = 1.0
 
 q13 = Question(
     "q1.3", "next_messages", params=("client", "base_url", "after"),
-    hint=('long-poll: client.get(base_url + "/messages", params={"after": after, "wait": 5}, timeout=10), '
+    hint=('long-poll: client.get(base_url + "/messages", params={"after": after, "wait_s": 5}, timeout=10), '
           'again until the list of messages is not empty'),
     hang_hint="return as soon as the list of messages is not empty",
 )
 
-_LONG_POLL = ("long-poll instead of asking again and again: GET /messages?after=N&wait=5 holds the request "
+_LONG_POLL = ("long-poll instead of asking again and again: GET /messages?after=N&wait_s=5 holds the request "
               "until a message arrives")
 _READ_TIMEOUT = ("the client gave up before the server's long poll ended: the client's timeout must be longer "
-                 'than the server\'s wait, such as params={"after": after, "wait": 5} with timeout=10')
+                 'than the server\'s wait, such as params={"after": after, "wait_s": 5} with timeout=10')
 
 
 def _chat(run, texts):
@@ -282,7 +282,7 @@ def _(run):
     if post.started_at is None or call.ended < post.started_at:
         raise Fail(f"it returned {show(call.value)} before any new message was posted; "
                    f"it must wait until there is at least one message with id > after",
-                   "ask again (long-poll with wait=...) until the list of messages is not empty")
+                   "ask again (long-poll with wait_s=...) until the list of messages is not empty")
     _judge_messages(call.value, _messages_after(app, 2), 2)
     polls = len(call.receives(server, src=client.name, method="GET"))
     if polls > MAX_POLLS:
@@ -290,5 +290,5 @@ def _(run):
     if call.ended - post.started_at > LATE_S:
         raise Fail(f"it returned more than {LATE_S:g} s after the message was posted; "
                    f"it should return within about 0.3 s",
-                   "long-poll: with wait=S the server answers the moment a message arrives, "
+                   "long-poll: with wait_s=S the server answers the moment a message arrives, "
                    "while sleeping between polls makes you late")

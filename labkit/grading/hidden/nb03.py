@@ -3,7 +3,11 @@
 import requests
 
 from labkit.apps import create
-from labkit.grading.check import Fail, Question, show
+from labkit.apps.tokens import Signer
+from labkit.grading.authoring import Fail, Question, show
+
+#: One signing key for every check's broker: making an RSA key takes a while.
+_SIGNER = Signer("RS256", issuer="broker·check")
 
 #: With the broker silent, an uncached look-up must give up within this many seconds (the answer aims at 1 s).
 GIVE_UP_S = 3.0
@@ -32,7 +36,7 @@ def _hello(name: str) -> dict:
 
 def _setup(run, *names):
     """A broker behind a link, and one worker per name registered at it (in-process, outside the trace)."""
-    broker_app = create("broker", ttl_s=600.0, node="broker·check")
+    broker_app = create("broker", name="broker·check", ttl_s=600.0, signer=_SIGNER)
     broker = run.serve(broker_app, "broker·check")
     link = run.link(broker)
     peers = {name: _serve_peer(run, broker_app, name, f"{name}·check") for name in names}
@@ -40,7 +44,7 @@ def _setup(run, *names):
 
 
 def _serve_peer(run, broker_app, name: str, server_name: str):
-    server = run.serve(create("worker", node=name), server_name)
+    server = run.serve(create("worker", name=name), server_name)
     answer = broker_app.test_client().post("/register", json={
         "name": name, "kind": "worker", "url": server.url, "secret": f"{name}-secret"})
     if answer.status_code != 201:  # the check's own mistake: say so loudly

@@ -4,7 +4,7 @@ import requests
 
 from labkit.apps import create
 from labkit import Link
-from labkit.grading.check import Fail, Question, _AnswerRaised, describe_error, show
+from labkit.grading.authoring import Fail, Question, AnswerRaised, describe_error, show
 
 #: The service the registry lists, and the path every call asks for.
 SERVICE, PATH = "inventory", "/whoami"
@@ -54,7 +54,7 @@ class _Setup:
             self.add(f"inv-{n}")
 
     def add(self, label: str, register: bool = True) -> None:
-        server = self.run.serve(create("instance", label=label), f"{label}·check")
+        server = self.run.serve(create("instance", name=label), f"{label}·check")
         # Each link draws its own random faults: seeded by the run's seed and the instance.
         link = Link(server, seed=f"{self.run.seed}:{label}", trace=self.run.trace)
         self.run.on_close(link.close)
@@ -64,20 +64,20 @@ class _Setup:
 
     def register(self, label: str) -> None:
         self.operator.post(f"{self.registry.url}/services/{SERVICE}/instances",
-                           json={"id": label, "url": self.links[label].url, "ttl": self.ttl}).raise_for_status()
+                           json={"id": label, "url": self.links[label].url, "ttl_s": self.ttl}).raise_for_status()
 
     def deregister(self, label: str) -> None:
         self.operator.delete(f"{self.registry.url}/services/{SERVICE}/instances/{label}").raise_for_status()
 
     def sick(self, label: str) -> None:
-        self.operator.put(self.servers[label].url + "/admin", json={"healthy": False}).raise_for_status()
+        self.operator.put(self.servers[label].url + "/faults", json={"healthy": False}).raise_for_status()
 
     def call(self, number: int, live, dead=(), expect_resolve_again: bool = False) -> str:
         """Call the answer once; return the label of the instance that answered, or raise Fail."""
         run, start = self.run, len(self.run.trace)
         try:
             call = run.call(self.client, self.registry.url, SERVICE, PATH)
-        except _AnswerRaised as raised:
+        except AnswerRaised as raised:
             if isinstance(raised.error, NotImplementedError):
                 raise  # still the stub: "not attempted yet"
             raise self._explain(number, raised.error, run.trace.events()[start:], set(dead),
@@ -203,16 +203,16 @@ def _(run):
 TTL_S = 1.0
 
 q52 = Question(
-    "q5.2", "keep_registered", params=("client", "registry_url", "service", "instance_id", "url", "ttl", "seconds"),
+    "q5.2", "keep_registered", params=("client", "registry_url", "service", "instance_id", "url", "ttl_s", "seconds"),
     hint=("register (POST registry_url + '/services/' + service + '/instances'), then until `seconds` have passed "
-          "send a heartbeat every ttl / 3 seconds, register again when a heartbeat answers 404, and deregister "
+          "send a heartbeat every ttl_s / 3 seconds, register again when a heartbeat answers 404, and deregister "
           "(DELETE) before returning"),
-    hang_hint=("give every request a timeout, such as timeout=ttl / 3: a registry that loses your heartbeat must not "
+    hang_hint=("give every request a timeout, such as timeout=ttl_s / 3: a registry that loses your heartbeat must not "
                "hold your instance forever"),
     time_limit=6,
 )
 
-_EARLY = "heartbeat every ttl / 3 seconds, so that one late or lost heartbeat does not end the lease"
+_EARLY = "heartbeat every ttl_s / 3 seconds, so that one late or lost heartbeat does not end the lease"
 _AGAIN = ("a heartbeat answered 404 means the registry forgot you (your lease ran out, or an operator removed you): "
           "register again at once, then go on heartbeating")
 _LEAVE = "deregister before returning: DELETE registry_url + '/services/' + service + '/instances/' + instance_id"
@@ -228,7 +228,7 @@ class _Instance:
         self.registry = run.serve(create("registry"), "registry·check")
         self.link = run.link(self.registry) if behind_link else None
         self.operator = run.client("operator", timeout=5)
-        self.instance = run.serve(create("instance", label="inv-1"), "inv-1·check")
+        self.instance = run.serve(create("instance", name="inv-1"), "inv-1·check")
 
     @property
     def instances_url(self) -> str:
@@ -247,7 +247,7 @@ class _Instance:
         try:
             call = self.run.call(self.run.client("inv-1", timeout=None), registry_url, SERVICE, "inv-1",
                                  self.instance.url, TTL_S, seconds)
-        except _AnswerRaised as raised:
+        except AnswerRaised as raised:
             if isinstance(raised.error, NotImplementedError):
                 raise
             hint = _CATCH if isinstance(raised.error, requests.exceptions.RequestException) else q52.hint
@@ -261,7 +261,7 @@ class _Instance:
         stats = self.stats()
         if stats["registered"] == 0:
             raise Fail("the instance never registered", "start with POST registry_url + '/services/' + service "
-                       "+ '/instances' and the JSON {'id': instance_id, 'url': url, 'ttl': ttl}")
+                       "+ '/instances' and the JSON {'id': instance_id, 'url': url, 'ttl_s': ttl_s}")
         if self.listed():
             raise Fail("the instance was still listed after your function returned", _LEAVE)
         return stats

@@ -1,7 +1,7 @@
 """Hidden tests for notebook 06 (authentication): q6.1 authorize, q6.2 get_notes.
 
 Every token comes from a real sign-in service (``labkit.apps.auth``) reached
-through a link, and the public key is fetched from its ``/public-key``; the
+through a link, and the public key is fetched from its key set (JWKS); the
 attacks are built from those real tokens: an edited payload, ``alg: none``, an
 HS256 signature made with the public key as the secret (algorithm confusion), a
 token from another sign-in service, an expired one, one for another audience,
@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import jwt
 from werkzeug.datastructures import Headers
 
 from labkit.apps import create
-from labkit.apps.auth import FAST_HASHING, Clock, forge, forge_hs256
-from labkit.grading.check import Fail, Question, show
+from labkit.apps import tokens
+from labkit.apps.auth import FAST_HASHING, forge, forge_hs256
+from labkit.apps.kit import ManualClock
+from labkit.grading.authoring import Fail, Question, show
 
 USERS = {"alice": ("alice's password", ["reader", "writer"]), "bob": ("bob's password", ["reader"])}
 AUDIENCE = "notes"
@@ -54,13 +57,13 @@ class _SignIn:
         return answer.json()["token"]
 
     def public_key(self) -> str:
-        answer = self.client.get(self.link.url + "/public-key")
+        answer = self.client.get(self.link.url + "/.well-known/jwks.json")
         answer.raise_for_status()
-        return answer.json()["pem"]
+        return tokens.pem(answer.json()["keys"][0])
 
     @property
-    def authority(self):
-        return self.app.extensions["auth"]["authority"]
+    def signer(self):
+        return self.app.extensions["labkit"].signer
 
 
 def _parts(token: str) -> tuple[dict, dict, str]:
@@ -205,9 +208,8 @@ def _(run):
 
 @q61.test("an expired token")
 def _(run):
-    auth = _SignIn(run, clock=Clock(), token_ttl_s=60)
+    auth = _SignIn(run, clock=ManualClock(start=time.time() - 3600), token_ttl_s=60)  # its tokens expired long ago
     key = auth.public_key()
-    auth.app.extensions["auth"]["authority"].clock.advance(-3600)  # it issues tokens that expired long ago
     _expect_refused(run, _bearer(auth.token("alice")), key, "reader", 401,
                     "a token that expired 59 minutes ago",
                     "jwt.decode checks exp unless told not to: keep the check, and turn "
@@ -227,7 +229,7 @@ def _(run):
     auth = _SignIn(run)
     _, claims, _ = _parts(auth.token("alice"))
     del claims["sub"]
-    _expect_refused(run, _bearer(auth.authority.sign(claims)), auth.public_key(), "reader", 401,
+    _expect_refused(run, _bearer(auth.signer.sign(claims)), auth.public_key(), "reader", 401,
                     "a token without sub (it names nobody)",
                     'require the claims you rely on: options={"require": ["sub", "exp", "aud"]}')
 
@@ -257,8 +259,9 @@ class _Pair:
         self.app = create("auth", users=users, **{**FAST_HASHING, **auth_options})
         self.auth = run.serve(self.app, "auth·check")
         self.auth_link = run.link(self.auth, latency_ms=5)
-        self.notes_app = create("notes", public_key=self.app.extensions["auth"]["authority"].public_pem)
-        self.notes_app.extensions["notes"][1] = dict(_NOTES[0])
+        self.notes_app = create("notes", name="notes·check", auth_url=self.auth.url, trace=run.trace)
+        notes = self.notes_app.extensions["labkit"]
+        notes.notes[1], notes.next_id = dict(_NOTES[0]), 2
         self.notes = run.serve(self.notes_app, "notes·check")
         self.notes_link = run.link(self.notes, latency_ms=5)
         self.client = run.client("you")
@@ -332,7 +335,7 @@ def _(run):
 def _(run):
     pair = _Pair(run)
     claims = _parts(pair.token("alice"))[1]
-    expired = pair.app.extensions["auth"]["authority"].sign({**claims, "iat": claims["iat"] - 7200,
+    expired = pair.app.extensions["labkit"].signer.sign({**claims, "iat": claims["iat"] - 7200,
                                                              "exp": claims["iat"] - 3600})
     call = pair.call(run, pair.credentials("alice"), expired)
     case = "with alice's token that expired an hour ago"

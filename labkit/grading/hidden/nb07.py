@@ -1,7 +1,7 @@
 """Hidden tests for notebook 07 (error handling): q7.1 pay, a resilient payment client.
 
-Every test serves the flaky payment service (labkit/apps/flaky.py) behind a Link and
-counts, on the service, what the answer cost it: requests received and charges made.
+Every test serves the payment service (labkit/apps/payment.py) with faults behind a Link
+and counts, on the service, what the answer cost it: requests received and charges made.
 """
 
 from collections import Counter
@@ -9,7 +9,7 @@ from collections import Counter
 import requests
 
 from labkit.apps import create
-from labkit.grading.check import Fail, Question, show
+from labkit.grading.authoring import Fail, Question, show
 
 #: Every call must return within this many seconds (the solution gives up trying after 2.5 s).
 LATENCY_S = 4.0
@@ -20,32 +20,34 @@ RECOVERY_BUDGET = 12
 
 q71 = Question(
     "q7.1", "pay", params=("client", "url", "amount", "key"),
-    hint=("retry connection errors, timeouts and 5xx answers with exponential backoff and jitter, "
-          'sending the same {"Idempotency-Key": key} header each time, and return None for a 4xx answer'),
+    hint=("retry connection errors, timeouts, 409, 429 and 5xx answers with exponential backoff and jitter, "
+          'sending the same {"Idempotency-Key": key} header each time, and return None for any other 4xx answer'),
     hang_hint="give each attempt a timeout, timeout=(0.5, 0.5), and stop retrying after about 2.5 s",
     time_limit=12,
 )
 
 _TIMEOUT = ("give every attempt a timeout, such as timeout=(0.5, 0.5) (connect, read): "
             "without one a lost or slow answer holds the payment for the client's 5 s default")
-_RETRY = ("retry what may pass on a second try (ConnectionError, Timeout, and the answers 429, 500, 502, 503, 504), "
-          "with exponential backoff and jitter, for up to about 2.5 s")
+_RETRY = ("retry what may pass on a second try (ConnectionError, Timeout, and the answers 409, 429, 500, 502, 503, "
+          "504), with exponential backoff and jitter, for up to about 2.5 s")
 _KEY = ('send headers={"Idempotency-Key": key} with every attempt: the service then charges a key once '
         "and answers a retry with the first result")
 _BACKOFF = ("wait longer after each failure, exponentially and with jitter, such as "
             "tenacity.wait_random_exponential(multiplier=0.1, max=1.0): a fixed short pause hammers a service "
             "that is trying to recover")
 _NO_4XX = ("a 4xx answer (400 bad amount, 422 key reused) is the service refusing the request itself: "
-           "sending it again cannot change that, so return None at once and retry only 429 and 5xx")
+           "sending it again cannot change that, so return None at once; retry only 409, 429 and 5xx")
+_IN_FLIGHT = ("409 with the same key means your first attempt is still being processed: wait and send the same "
+              "request again; the service then answers with the charge that attempt made")
 _CATCH = ("catch the errors you retry (requests.exceptions.ConnectionError and Timeout) and return None "
           "when the retries run out: with tenacity, catch tenacity.RetryError")
 
 
 def _service(run, *, link=None, **faults):
-    """The flaky service (seeded by the run) behind a link; returns (app, server, link)."""
-    app = create("flaky", seed=run.seed or 0, **faults)
+    """The payment service with ``faults`` (seeded by the run) behind a link; (its state, server, link)."""
+    app = create("payment", name="payments·check", seed=run.seed or 0, **faults)
     server = run.serve(app, "payments·check")
-    return app, server, run.link(server, **(link or {}))
+    return app.extensions["labkit"], server, run.link(server, **(link or {}))
 
 
 def _judge_charge(value, amount: int, number: int):
@@ -54,12 +56,12 @@ def _judge_charge(value, amount: int, number: int):
                    "return response.json(), the charge")
     if value is None:
         return False
-    if not isinstance(value, dict) or not isinstance(value.get("charge_id"), str):
+    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
         raise Fail(f"payment {number}: it returned {show(value)}, not the charge "
-                   f"(a dict with a charge_id) or None", "return response.json() when the answer is 201")
-    if value.get("amount") != amount:
-        raise Fail(f"payment {number}: it returned a charge of {show(value.get('amount'))} cents "
-                   f"for a payment of {amount}", 'send JSON {"amount": amount}')
+                   f"(a dict with a reference) or None", "return response.json() when the answer is 201")
+    if value.get("amount_cents") != amount:
+        raise Fail(f"payment {number}: it returned a charge of {show(value.get('amount_cents'))} cents "
+                   f"for a payment of {amount}", 'send JSON {"amount_cents": amount}')
     return True
 
 
@@ -76,8 +78,8 @@ def _pay_many(run, server, link, count: int, *, first_amount: int = 1000):
     return paid
 
 
-def _charged_once(app) -> None:
-    amounts = Counter(charge["amount"] for charge in app.config["flaky"].charges)
+def _charged_once(state) -> None:
+    amounts = Counter(charge["amount_cents"] for charge in state.charges.values())
     twice = sorted(amount for amount, times in amounts.items() if times > 1)
     if twice:
         raise Fail(f"the payment of {twice[0]} cents was charged {amounts[twice[0]]} times: a retry of a payment "
@@ -92,65 +94,64 @@ def _success(paid: int, count: int, situation: str) -> None:
 
 @q71.test("a healthy service")
 def _(run):
-    app, server, link = _service(run)
+    state, server, link = _service(run)
     paid = _pay_many(run, server, link, 3)
     if paid < 3:
         raise Fail(f"only {paid} of 3 payments went through on a healthy service", "return response.json()")
-    received = app.config["flaky"].requests
+    received = state.requests
     if received != 3:
         raise Fail(f"it sent {received} requests for 3 payments to a healthy service; one each is enough",
                    "retry only after a failure")
-    _charged_once(app)
+    _charged_once(state)
 
 
 @q71.test("30% of answers are 503 Service Unavailable", seeds=(1, 2, 3),
           raise_hints={requests.exceptions.HTTPError: _RETRY})
 def _(run):
-    app, server, link = _service(run, error_rate=0.3)
+    state, server, link = _service(run, error_rate=0.3)
     paid = _pay_many(run, server, link, 10)
     _success(paid, 10, "when 30% of answers are 503")
-    _charged_once(app)
+    _charged_once(state)
 
 
 @q71.test("lost messages (10% of requests, 15% of answers dropped)", seeds=(1, 2),
           raise_hints={requests.exceptions.Timeout: _CATCH})
 def _(run):
-    app, server, link = _service(run, link=dict(drop=(0.1, 0.15)))
+    state, server, link = _service(run, link=dict(drop=(0.1, 0.15)))
     paid = _pay_many(run, server, link, 5)
-    _charged_once(app)
+    _charged_once(state)
     _success(paid, 5, "when messages are lost")
 
 
 @q71.test("slow answers (25% wait 4.5 s before answering)", seeds=(1,),
           raise_hints={requests.exceptions.Timeout: _CATCH})
 def _(run):
-    app, server, link = _service(run, slow_rate=0.25, slow_ms=4500)
+    state, server, link = _service(run, late_rate=0.25, late_ms=4500)
     paid = _pay_many(run, server, link, 4)
-    _charged_once(app)
+    _charged_once(state)
     _success(paid, 4, "when some answers are slow")
 
 
 @q71.test("a down period (refused for 0.4 s), then a service recovering until 1 s",
           raise_hints={requests.exceptions.ConnectionError: _CATCH})
 def _(run):
-    app, server, link = _service(run, recover_s=1.0, link=dict(down=True))
+    state, server, link = _service(run, recover_s=1.0, link=dict(down=True))
     run.later(0.4, lambda: link.configure(down=False))
     paid = _pay_many(run, server, link, 1)
     if not paid:
         raise Fail("it returned None, but the service was back within a second: "
                    "the payment must go through", _RETRY)
-    received = app.config["flaky"].requests
+    received = state.requests
     if received > RECOVERY_BUDGET:
         raise Fail(f"the recovering service received more than {RECOVERY_BUDGET} requests for one payment",
                    _BACKOFF)
-    _charged_once(app)
+    _charged_once(state)
 
 
 @q71.test("refused payments (400 bad amount, 422 key reused with another amount)")
 def _(run):
-    app, server, link = _service(run)
+    state, server, link = _service(run)
     client = run.client()
-    state = app.config["flaky"]
     for number, (amount, key, status) in enumerate([(0, "order-a", 400), (700, "order-b", 201),
                                                     (900, "order-b", 422)], 1):
         before = state.requests
@@ -165,3 +166,16 @@ def _(run):
         elif not _judge_charge(call.value, amount, number):
             raise Fail(f"payment {number} ({amount} cents) did not go through on a healthy service",
                        "return response.json() when the answer is 201")
+
+
+@q71.test("a retry while the first attempt is still being processed (each charge takes 0.7 s)",
+          raise_hints={requests.exceptions.HTTPError: _IN_FLIGHT})
+def _(run):
+    state, server, link = _service(run, work_ms=700)
+    paid = _pay_many(run, server, link, 2)
+    if paid < 2:
+        statuses = state.stats()["statuses"]
+        hint = _IN_FLIGHT if "409" in statuses else _RETRY
+        raise Fail(f"only {paid} of 2 payments went through, though the service answered every one in 0.7 s "
+                   f"(its answers: {show(statuses)})", hint)
+    _charged_once(state)

@@ -23,7 +23,7 @@ from flask import Flask, jsonify
 from sqlalchemy import event, text
 
 from labkit.apps import create
-from labkit.grading.check import Fail, Question, describe_error, show
+from labkit.grading.authoring import Fail, Question, describe_error, show
 
 # -- q8.1: an increment that cannot lose updates ----------------------------------------------
 
@@ -205,8 +205,8 @@ THREADS = 4
 
 def _counter(run):
     """A counter service with the counter "hits" at 0 (not yet served)."""
-    app = create("counter", pause_ms=0)
-    run.on_close(app.config["database"].close)
+    app = create("counter", work_ms=0)
+    run.on_close(app.extensions["labkit"].database.close)
     app.test_client().post("/counters", json={"name": "hits"})
     return app
 
@@ -232,7 +232,7 @@ class _RivalWins:
                 self.seen += 1
                 rival = self.seen in self.puts
             if rival:
-                with self.app.config["database"].engine.begin() as tx:
+                with self.app.extensions["labkit"].engine.begin() as tx:
                     tx.execute(text("UPDATE counters SET value = value + 1, version = version + 1 WHERE name = 'hits'"))
         return self.app(environ, start_response)
 

@@ -1,24 +1,4 @@
-"""Checks for exercise cells: run hidden tests against real servers, print one verdict.
-
-    >>> labkit.check("q1.1", fetch_or_none)                 # doctest: +SKIP
-    q1.1 passed: 8 hidden tests, 11 runs against real servers.
-
-A question's hidden tests live in ``labkit/grading/hidden/``. Each test starts its
-own servers, links and client on its own :class:`labkit.Trace` (so the student's
-trace and servers are left alone), calls the student's function in a worker
-thread with a time limit, and judges what came back and what went over the wire.
-Tests with random faults run once per seed, so an answer that ignores a fault
-cannot pass by luck.
-
-``check`` prints exactly one line and never raises. The line holds no time,
-port or id, so nbval can compare it:
-
-    q1.1 passed: ...
-    q1.1 not attempted yet: ...                       (the answer is still the stub)
-    q1.1 failed: <test>: <what was wrong>. Hint: <what to try>.
-    q1.1 failed: stopped after 20 s: the answer did not return. Hint: ...
-
-Writing a question (in a module of ``labkit.grading.hidden``)::
+"""Writing hidden tests: the public API the modules of ``labkit.grading.hidden`` use.
 
     q = Question("q9.1", "double", params=("client", "url"), hint="...")
 
@@ -28,6 +8,13 @@ Writing a question (in a module of ``labkit.grading.hidden``)::
         call = run.call(run.client(), server.url)
         if call.value != 2:
             raise Fail(f"it returned {show(call.value)}, expected 2", "double the number")
+
+Each test starts its own servers, links and client through ``run`` (a :class:`Run`, on
+a :class:`labkit.Trace` of its own, so the student's trace and servers are left alone),
+calls the student's function with ``run.call`` (in a worker thread, with a time limit),
+and judges what came back and what went over the wire, raising :class:`Fail` with what
+was wrong and a hint. Tests with random faults run once per seed, so an answer that
+ignores a fault cannot pass by luck. :func:`labkit.grading.checker.check` runs them.
 """
 
 from __future__ import annotations
@@ -36,27 +23,24 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib
-import inspect
 import logging
 import pkgutil
 import re
-import sys
 import threading
 import time
 from typing import Callable
 
 import requests
 
-from .. import client as _client
-from ..client import Client
+from ..client import Client, describe
+from ..errors import Fail
 from ..net import Link
 from ..server import serve
-from ..trace import Event, Trace
+from ..tracing import Event, Trace
+
+__all__ = ["Question", "Run", "Call", "Fail", "AnswerRaised", "show", "describe_error", "questions"]
 
 log = logging.getLogger("labkit")
-
-#: The body of every answer cell in the student edition (``labkit release`` writes it).
-STUB = 'raise NotImplementedError("write your answer here")'
 
 #: Seconds one call of an answer may take before the check stops it, unless the
 #: question sets its own limit or ``check(..., time_limit=...)`` overrides it.
@@ -74,16 +58,9 @@ _load_lock = threading.Lock()
 # -- what the tests raise ----------------------------------------------------
 
 
-class Fail(Exception):
-    """A hidden test found the answer wrong: ``what`` was wrong (with the value), ``hint`` what to try."""
-
-    def __init__(self, what: str, hint: str = ""):
-        super().__init__(what)
-        self.what, self.hint = what, hint
-
-
-class _AnswerRaised(Exception):
-    """The student's function raised ``error`` (carried to the verdict)."""
+class AnswerRaised(Exception):
+    """The student's function raised ``error``; a test raises it for an error it caught on the
+    answer's behalf (a merge called by a peer, say), and the verdict names it."""
 
     def __init__(self, error: BaseException):
         super().__init__(repr(error))
@@ -154,7 +131,7 @@ class Question:
         return f"<Question {self.id} {self.function}: {len(self.tests)} hidden tests>"
 
 
-def questions() -> dict[str, Question]:
+def questions() -> dict[str, "Question"]:
     """Every question, by id (loads the hidden tests on first use)."""
     global _loaded
     with _load_lock:
@@ -170,29 +147,7 @@ def _order(question_id: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", question_id)]
 
 
-# -- verdict lines -------------------------------------------------------------
-
-
-def not_attempted_line(question_id: str) -> str:
-    """The verdict for an answer that is still the stub (``labkit release`` stores it)."""
-    return f"{question_id} not attempted yet: write your answer in the cell above, run it, then run this cell."
-
-
-def passed_line(question: Question) -> str:
-    return f"{question.id} passed: {len(question.tests)} hidden tests, {question.runs} runs against real servers."
-
-
-def failed_line(question_id: str, what: str, hint: str) -> str:
-    line = f"{question_id} failed: {_sentence(what)}."
-    return f"{line} Hint: {_sentence(hint)}." if hint else line
-
-
-def stopped_line(question: Question, limit: float) -> str:
-    return failed_line(question.id, f"stopped after {limit:g} s: the answer did not return", question.hang_hint)
-
-
-def _sentence(text: str) -> str:
-    return " ".join(str(text).split()).rstrip(".")
+# -- showing values ------------------------------------------------------------
 
 
 _ADDRESS = re.compile(r"(127\.0\.0\.1|localhost):\d+")
@@ -224,9 +179,9 @@ def describe_error(error: BaseException) -> str:
     """``ReadTimeout (no answer within the client's timeout)``, ``ZeroDivisionError: division by zero``."""
     name = type(error).__name__
     if isinstance(error, requests.exceptions.RequestException):
-        kind = _client.describe(error)
+        kind = describe(error)
         return f"{name} ({_REQUESTS_ERRORS.get(kind, kind)})"
-    message = _sentence(_scrub(str(error)))
+    message = " ".join(_scrub(str(error)).split()).rstrip(".")
     if isinstance(error, KeyError) and error.args:
         message = show(error.args[0])
     if len(message) > 160:
@@ -313,7 +268,7 @@ class Run:
     def call(self, *args) -> Call:
         """Call the answer with ``args`` in a worker thread; stop it if it overruns the time limit.
 
-        Raises _AnswerRaised if the answer raised, _Overrun if it did not return in time.
+        Raises AnswerRaised if the answer raised, _Overrun if it did not return in time.
         """
         return self.call_with(self._answer, *args)
 
@@ -339,7 +294,7 @@ class Run:
         finally:
             _sleep_patch.release()
         if worker.error is not None:
-            raise _AnswerRaised(worker.error)
+            raise AnswerRaised(worker.error)
         return Call(worker.value, seconds, self.trace.events()[start_index:], started)
 
     def _stop(self, worker: "_Worker") -> None:
@@ -470,107 +425,3 @@ class _Later(threading.Thread):
         self._cancel.set()
         if self.is_alive():
             self.join(10)
-
-
-# -- the check -------------------------------------------------------------------
-
-
-def check(question: str, answer, *, diagram: bool = False, time_limit: float | None = None) -> None:
-    """Run the hidden tests of ``question`` on ``answer`` and print one verdict line.
-
-    ``diagram=True`` also draws the sequence diagram of the failing run.
-    ``time_limit`` (seconds per call of the answer) overrides the question's.
-    It never raises: whatever the answer does, the verdict says it.
-
-        >>> labkit.check("q1.1", fetch_or_none)      # doctest: +SKIP
-    """
-    line, trace = verdict(question, answer, time_limit=time_limit)
-    print(line)
-    if diagram and trace is not None:
-        _show_diagram(trace)
-
-
-def verdict(question: str, answer, *, time_limit: float | None = None) -> tuple[str, Trace | None]:
-    """The verdict line ``check`` prints, and the trace of the failing run (None if none failed).
-
-    Never raises. The grader's guard (:mod:`labkit.grading.guard`) calls this directly.
-    """
-    try:
-        return _grade(question, answer, time_limit)
-    except KeyboardInterrupt:
-        return f"{question} not checked: interrupted.", None
-    except Exception as error:  # a bug in a hidden test: say so, never raise
-        log.exception("check(%r) failed", question)
-        return (f"{question} could not be checked: the check itself failed with "
-                f"{describe_error(error)}. Please report this to the course team."), None
-
-
-def _grade(question_id, answer, time_limit) -> tuple[str, Trace | None]:
-    """The verdict line, and the trace of the failing run (None if none failed)."""
-    known = questions()
-    if question_id not in known:
-        names = ", ".join(known)
-        return (f"{question_id!r} is not a question of this workbook; the questions are {names}. "
-                f"Check the first argument of labkit.check."), None
-    question = known[question_id]
-    if answer is None or not callable(answer):
-        return not_attempted_line(question.id), None
-    problem = _signature_problem(question, answer)
-    if problem:
-        return failed_line(question.id, problem, f"define it as def {question.function}({', '.join(question.params)}):"), None
-    limit = float(time_limit if time_limit is not None else question.time_limit or TIME_LIMIT_S)
-    for test in question.tests:
-        for seed in test.seeds:
-            name = test.name if seed is None else f"{test.name} (seed {seed})"
-            with Run(answer, seed, limit) as run:
-                try:
-                    test.run(run)
-                except Fail as failure:
-                    return failed_line(question.id, f"{name}: {failure.what}", failure.hint or question.hint), run.trace
-                except _AnswerRaised as raised:
-                    error = raised.error
-                    if isinstance(error, NotImplementedError):
-                        return not_attempted_line(question.id), None
-                    hint = next((h for kind, h in test.raise_hints.items() if isinstance(error, kind)), question.hint)
-                    return failed_line(question.id, f"{name}: your answer raised {describe_error(error)}", hint), run.trace
-                except _Overrun as overrun:
-                    return stopped_line(question, overrun.limit), run.trace
-    return passed_line(question), None
-
-
-def _signature_problem(question: Question, answer) -> str:
-    try:
-        signature = inspect.signature(answer)
-    except (TypeError, ValueError):
-        return ""
-    try:
-        signature.bind(*question.params)
-    except TypeError:
-        wanted = len(question.params)
-        return (f"{question.function} must take {wanted} argument{'s' if wanted != 1 else ''} "
-                f"({', '.join(question.params)}), but yours is {getattr(answer, '__name__', 'it')}{signature}")
-    return ""
-
-
-def _show_diagram(trace: Trace) -> None:
-    """Display the sequence diagram of ``trace`` below the verdict (needs labkit.plots)."""
-    try:
-        plots = importlib.import_module("labkit.plots")
-        figure = plots.sequence(trace)
-    except Exception as error:
-        print(f"No diagram: {describe_error(error)}.")
-        return
-    try:
-        import IPython
-        from IPython.display import display
-    except ImportError:
-        return
-    if IPython.get_ipython() is None:  # a plain interpreter would print the figure's repr
-        return
-    display(figure)
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:  # drawn once: the inline backend would show an open pyplot figure again
-        try:
-            pyplot.close(figure)
-        except Exception:
-            pass

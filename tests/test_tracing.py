@@ -8,7 +8,8 @@ import pytest
 from flask import Flask, jsonify
 
 import labkit
-from labkit.trace import KINDS, Event, Trace, parse_traceparent, traceparent
+import labkit.tracing
+from labkit.tracing import KINDS, Event, Trace, parse_traceparent, traceparent
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 
@@ -21,6 +22,39 @@ def test_record_stamps_and_keeps_order():
     assert 0 <= first.t <= second.t
     assert (second.kind, second.src, second.dst, second.status) == ("response", "hello", "alice", 200)
     assert len(log) == 2 and repr(log) == "<Trace: 2 events>"
+
+
+def test_labkit_trace_is_the_default_trace_of_the_tracing_module():
+    assert isinstance(labkit.trace, Trace)
+    assert labkit.trace is labkit.tracing.default
+    assert labkit.Trace is Trace
+
+
+def test_max_events_keeps_the_newest():
+    log = Trace(max_events=3)
+    for i in range(5):
+        log.record("send", "a", "b", detail=str(i))
+    assert [e.detail for e in log] == ["2", "3", "4"]
+    assert len(log) == 3
+    assert [e.detail for e in log.filter(kind="send")] == ["2", "3", "4"]
+    log.clear()
+    log.record("send", "a", "b", detail="after")
+    assert [e.detail for e in log] == ["after"]
+    unbounded = Trace()
+    for i in range(1000):
+        unbounded.record("send", "a", "b")
+    assert len(unbounded) == 1000
+
+
+def test_max_events_keeps_the_newest_of_the_events_given():
+    log = Trace([Event(float(i), "send", "a", "b", detail=str(i)) for i in range(4)], max_events=2)
+    assert [e.detail for e in log] == ["2", "3"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "10", True])
+def test_a_bad_max_events_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="max_events"):
+        Trace(max_events=bad)
 
 
 def test_unknown_kind_is_a_value_error():

@@ -13,6 +13,7 @@ ends of a request join up on a sequence diagram.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import dataclasses
 import json
@@ -53,11 +54,18 @@ class Event:
 
 
 class Trace:
-    """A thread-safe, append-only list of events with filters and export."""
+    """A thread-safe, append-only list of events with filters and export.
 
-    def __init__(self, events=(), *, start: float | None = None):
+    ``max_events`` keeps only the newest that many (a long-running process's trace
+    stays bounded); None keeps every event.
+    """
+
+    def __init__(self, events=(), *, start: float | None = None, max_events: int | None = None):
+        if max_events is not None and (isinstance(max_events, bool) or not isinstance(max_events, int)
+                                       or max_events < 1):
+            raise ValueError(f"max_events is a whole number of events from 1, or None for all, not {max_events!r}")
         self._lock = threading.Lock()
-        self._events: list[Event] = list(events)
+        self._events: collections.deque[Event] = collections.deque(events, maxlen=max_events)
         self.start = time.perf_counter() if start is None else start
 
     def record(self, kind: str, src: str, dst: str, **fields) -> Event:
