@@ -28,6 +28,8 @@ _LAZY = {
     "widgets": ("labkit.widgets", None),
     "sequence": ("labkit.plots", "sequence"),
     "control_panel": ("labkit.widgets", "control_panel"),
+    "experiment": ("labkit.widgets", "experiment"),
+    "predict": ("labkit.widgets", "predict"),
     "live_sequence": ("labkit.widgets", "live_sequence"),
     "progress": ("labkit.widgets", "progress"),
     "check": ("labkit.grading.checker", "check"),

@@ -10,8 +10,12 @@ runs on PostgreSQL by naming one: ``Database("postgresql+psycopg://user@127.0.0.
 
 SQLite is made to behave like a server database for many threads: every transaction
 starts with ``BEGIN IMMEDIATE`` (it takes the write lock at once, so two transactions
-never read the same row and then both write it), and a writer waits up to
-``busy_timeout_ms`` for the lock instead of failing at once.
+never read the same row and then both write it; reads take it too), and a writer
+waits up to ``busy_timeout_ms`` for the lock instead of failing at once.
+
+A transaction a service runs while it serves a request is in the trace: "begin" (on
+SQLite with how long it waited for the lock), then "commit" or "rollback" (detail
+"read only" when it wrote nothing), from the service to the database's ``name``.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 
 import sqlalchemy
 from sqlalchemy import event
+
+from . import tracing
 
 #: The environment variable that names the database for every service.
 ENV = "LABKIT_DATABASE_URL"
@@ -32,8 +39,9 @@ ENV = "LABKIT_DATABASE_URL"
 class Database:
     """One database and its connection pool (``engine``); a context manager."""
 
-    def __init__(self, url: str | None = None, *, busy_timeout_ms: int = 10_000):
+    def __init__(self, url: str | None = None, *, busy_timeout_ms: int = 10_000, name: str = "database"):
         url = url or os.environ.get(ENV)
+        self.name = name
         self._folder = None
         if not url:
             self._folder = tempfile.mkdtemp(prefix="labkit-db-")
@@ -43,8 +51,10 @@ class Database:
         except Exception:
             self._remove_folder()
             raise
-        if self.engine.dialect.name == "sqlite":
+        sqlite = self.engine.dialect.name == "sqlite"
+        if sqlite:
             _serialise_sqlite(self.engine, busy_timeout_ms)
+        _transactions(self.engine, name, sqlite=sqlite)
 
     @property
     def url(self) -> str:
@@ -110,6 +120,36 @@ def _serialise_sqlite(engine, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
 
+
+def _transactions(engine, name: str, *, sqlite: bool) -> None:
+    """Begin SQLite's transactions with BEGIN IMMEDIATE; record each transaction a served request runs."""
+
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.info["labkit_wrote"] = False
+        waited = 0.0
+        if sqlite:
+            started = time.perf_counter()
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            waited = time.perf_counter() - started
+        _record("begin", name, f"waited {waited * 1000:.0f} ms for the lock" if waited >= 0.001 else "")
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _statement(connection, _cursor, statement, *_):
+        if statement.lstrip()[:6].upper() not in ("SELECT", "PRAGMA", "BEGIN "):
+            connection.info["labkit_wrote"] = True
+
+    @event.listens_for(engine, "commit")
+    def _commit(connection):
+        _record("commit", name, "" if connection.info.pop("labkit_wrote", True) else "read only")
+
+    @event.listens_for(engine, "rollback")
+    def _rollback(connection):
+        _record("rollback", name, "" if connection.info.pop("labkit_wrote", True) else "read only")
+
+
+def _record(kind: str, database: str, detail: str) -> None:
+    serving = tracing.current()
+    if serving is not None:  # a transaction a service runs for a request
+        serving.trace.record(kind, serving.node, database, trace_id=serving.trace_id, span_id=serving.span_id,
+                             detail=detail)

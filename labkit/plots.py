@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import math
 import sys
 
@@ -32,6 +33,8 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from . import server as _server
+from . import tracing
 from .tracing import Event, Trace
 
 # Okabe-Ito colours.
@@ -46,14 +49,14 @@ _OUTCOMES = {  # outcome: (colour, legend text), in legend order
     "pending": (GREY, "in flight"),
 }
 
-_PRIORITY = {GREY: 0, BLUE: 0, ORANGE: 1, VERMILLION: 2, BLACK: 3}
+_PRIORITY = {GREY: 0, GREEN: 0, PURPLE: 0, BLUE: 0, ORANGE: 1, VERMILLION: 2, BLACK: 3}
 
 #: Above this many messages the diagram draws no labels: they could not be read.
 MAX_LABELLED = 60
 
 _WIDTH = 9.0                 # inches; fixed so a figure's text repr is stable
 _DPI = 100
-_LINK_KINDS = ("delayed", "dropped", "partitioned", "reset")
+_LINK_KINDS = ("delayed", "dropped", "partitioned", "reset", "answered", "duplicated")
 
 
 # -- joining events into exchanges ---------------------------------------------
@@ -67,6 +70,8 @@ class _Exchange:
     service: str
     method: str = ""
     path: str = ""
+    id: int = 0
+    trace_id: str = ""
     send: float | None = None       # the client sent the request
     receive: float | None = None    # the server received it
     reply: float | None = None      # the server answered
@@ -76,7 +81,10 @@ class _Exchange:
     lost_request: float | None = None   # a link lost the request here
     lost_response: float | None = None  # a link lost the response here
     lost_kind: str = ""
+    lost_delay: float = 0.0             # the seconds a lost message would have taken
     reset: float | None = None          # a link reset the connection here
+    answered: float | None = None       # a link answered here, in the service's place
+    copy: bool = False                  # a second copy of a request, sent by a link; its answer is discarded
 
     @property
     def start(self) -> float | None:
@@ -88,62 +96,137 @@ class _Exchange:
             return "failed"
         if self.status is None:
             return "pending"
-        if self.reply is not None and self.send is not None and self.end is None:
+        if self.reply is not None and self.send is not None and self.end is None and not self.copy:
             return "pending"  # the server answered; the answer is on its way
         return "ok" if self.status < 400 else "client" if self.status < 500 else "server"
+
+    @property
+    def fault(self) -> str:
+        """What a link did to this exchange, in a few words ("" if nothing)."""
+        if self.copy:
+            return "a copy the link sent; the link discarded its answer"
+        if self.answered is not None:
+            return f"answered {self.status} by the link"
+        if self.reset is not None:
+            return "reset on the way back" if self.receive is not None else "reset on the way out"
+        if self.lost_request is not None:
+            return f"request {self.lost_kind}"
+        if self.lost_response is not None:
+            return f"answer {self.lost_kind}"
+        return ""
+
+
+@dataclasses.dataclass
+class _Transaction:
+    """One database transaction a node ran: when it began (and waited for the lock), when it ended, how."""
+
+    caller: str          # the node that ran it
+    service: str         # the database
+    id: int = 0
+    trace_id: str = ""
+    span_id: str = ""
+    begin: float = 0.0
+    waited: float = 0.0
+    end: float | None = None
+    how: str = ""        # "commit", "rollback", or "" while it is open
+    read_only: bool = False
+
+    @property
+    def outcome(self) -> str:
+        return "pending" if not self.how else "committed" if self.how == "commit" else "rolled back"
+
+
+_TRANSACTION_COLOURS = {"committed": GREEN, "rolled back": VERMILLION, "pending": GREY}
+_TRANSACTION_KINDS = ("begin", "commit", "rollback")
 
 
 def _is_timeout(error: str) -> bool:
     return "timeout" in error.lower() or "timed out" in error.lower()
 
 
-def _exchanges(events: list[Event]) -> tuple[list[_Exchange], list[Event]]:
-    """Join events into exchanges; also return the link events no exchange claimed."""
-    exchanges: list[_Exchange] = []
-    by_span: dict[tuple[str, str], _Exchange] = {}
-    by_trace: dict[str, list[_Exchange]] = {}
-    unkeyed: dict[tuple, list[_Exchange]] = {}  # FIFO of open exchanges without ids
-    orphans: list[Event] = []
+def _seconds(detail: str) -> float:
+    """The "N ms" a link event's detail names, in seconds (0 if none)."""
+    number = detail.split(" ", 1)[0]
+    return float(number) / 1000 if number.replace(".", "", 1).isdigit() else 0.0
 
-    def new(e: Event, caller: str, service: str) -> _Exchange:
-        x = _Exchange(caller, service, e.method, e.path)
-        exchanges.append(x)
-        by_trace.setdefault(e.trace_id, []).append(x)
+
+class _Joiner:
+    """Joins events into exchanges, one event at a time (the live diagram feeds it as they come)."""
+
+    def __init__(self):
+        self.exchanges: list[_Exchange] = []
+        self.orphans: list[Event] = []
+        self._by_span: dict[tuple[str, str], _Exchange] = {}
+        self._by_trace: dict[str, list[_Exchange]] = {}
+        self._unkeyed: dict[tuple, list[_Exchange]] = {}  # FIFO of open exchanges without ids
+        self._ids = itertools.count()
+
+    def _new(self, e: Event, caller: str, service: str) -> _Exchange:
+        x = _Exchange(caller, service, e.method, e.path, id=next(self._ids), trace_id=e.trace_id)
+        self.exchanges.append(x)
+        self._by_trace.setdefault(e.trace_id, []).append(x)
         return x
 
-    for e in events:
+    def forget(self, exchange_id: int) -> None:
+        """Forget the exchange ``exchange_id`` (the oldest, in a bounded live diagram)."""
+        index = next((i for i, x in enumerate(self.exchanges) if x.id == exchange_id), None)
+        if index is None:
+            return
+        x = self.exchanges.pop(index)
+        for key in [k for k, v in self._by_span.items() if v is x]:
+            del self._by_span[key]
+        peers = self._by_trace.get(x.trace_id, [])
+        if x in peers:
+            peers.remove(x)
+            if not peers:
+                del self._by_trace[x.trace_id]
+        for queue in self._unkeyed.values():
+            if x in queue:
+                queue.remove(x)
+
+    def add(self, e: Event) -> _Exchange | _Transaction | None:
+        """Join ``e``; the exchange (or transaction) it changed (None for an event that belongs to none)."""
+        if e.kind in _TRANSACTION_KINDS:
+            return self._transaction(e)
         if e.kind in _LINK_KINDS:
             if e.kind == "delayed":
-                continue
-            x, direction = _claim(by_trace.get(e.trace_id, ()), e)
+                return None
+            if e.kind == "duplicated":  # the copy has a span of its own
+                key = (e.trace_id, e.span_id)
+                x = self._by_span.get(key) or self._by_span.setdefault(key, self._new(e, e.src, e.dst))
+                x.copy, x.send = True, e.t
+                return x
+            x, direction = _claim(self._by_trace.get(e.trace_id, ()), e)
             if x is None:
-                orphans.append(e)
+                self.orphans.append(e)
             elif e.kind == "reset":
                 x.reset = e.t
+            elif e.kind == "answered":
+                x.answered, x.status = e.t, e.status
             elif direction == "request":
-                x.lost_request, x.lost_kind = e.t, e.kind
+                x.lost_request, x.lost_kind, x.lost_delay = e.t, e.kind, _seconds(e.detail)
             else:
-                x.lost_response, x.lost_kind = e.t, e.kind
-            continue
+                x.lost_response, x.lost_kind, x.lost_delay = e.t, e.kind, _seconds(e.detail)
+            return x
         if e.kind not in ("send", "receive", "reply", "response", "error"):
-            continue
+            return None
         outbound = e.kind in ("send", "receive")
         caller, service = (e.src, e.dst) if outbound else (e.dst, e.src)
         if e.trace_id and e.span_id:
-            x = by_span.get((e.trace_id, e.span_id))
+            x = self._by_span.get((e.trace_id, e.span_id))
             if x is None:
-                x = by_span[(e.trace_id, e.span_id)] = new(e, caller, service)
+                x = self._by_span[(e.trace_id, e.span_id)] = self._new(e, caller, service)
         else:
             # No ids (a browser, curl): pair the server's events first come, first served.
             side = "client" if e.kind in ("send", "response", "error") else "server"
-            queue = unkeyed.setdefault((side, caller, service, e.method, e.path), [])
+            queue = self._unkeyed.setdefault((side, caller, service, e.method, e.path), [])
             if outbound:
-                x = new(e, caller, service)
+                x = self._new(e, caller, service)
                 queue.append(x)
             elif queue:
                 x = queue.pop(0)
             else:
-                x = new(e, caller, service)
+                x = self._new(e, caller, service)
         if e.kind == "send":
             x.send, x.caller = e.t, e.src
         elif e.kind == "receive":
@@ -155,7 +238,31 @@ def _exchanges(events: list[Event]) -> tuple[list[_Exchange], list[Event]]:
             x.end, x.status = e.t, e.status
         else:
             x.end, x.error = e.t, e.error or "error"
-    return exchanges, orphans
+        return x
+
+
+    def _transaction(self, e: Event) -> _Transaction | None:
+        key = ("tx", e.src, e.dst, e.trace_id, e.span_id)
+        if e.kind == "begin":
+            x = _Transaction(e.src, e.dst, id=next(self._ids), trace_id=e.trace_id, span_id=e.span_id, begin=e.t,
+                             waited=_seconds(e.detail.replace("waited ", "")))
+            self.exchanges.append(x)
+            self._unkeyed.setdefault(key, []).append(x)
+            return x
+        open_ones = self._unkeyed.get(key)
+        if not open_ones:
+            return None
+        x = open_ones.pop(0)
+        x.end, x.how, x.read_only = e.t, e.kind, e.detail == "read only"
+        return x
+
+
+def _exchanges(events: list[Event]) -> tuple[list[_Exchange], list[Event]]:
+    """Join events into exchanges; also return the link events no exchange claimed."""
+    joiner = _Joiner()
+    for e in events:
+        joiner.add(e)
+    return joiner.exchanges, joiner.orphans
 
 
 def _claim(candidates, e: Event) -> tuple[_Exchange | None, str]:
@@ -171,159 +278,57 @@ def _claim(candidates, e: Event) -> tuple[_Exchange | None, str]:
     return None, ""
 
 
-# -- the sequence diagram ------------------------------------------------------
+# -- the layout of a sequence diagram ---------------------------------------------
+#
+# One layout for both pictures: the PNG (sequence) and the live widget draw the
+# same arrows, crosses, dashed waits and labels, in lane units (x) and seconds (y).
 
 
 class _Drawing:
-    """Collects the segments, heads, crosses and labels of a sequence diagram."""
+    """The arrows, crosses, dashed waits and labels of a sequence diagram, in lanes and seconds."""
 
-    def __init__(self, lane: dict[str, int], sx: float, sy: float, dense: bool):
+    def __init__(self, lane: dict[str, int], labelled: bool = True):
         self.lane = lane
-        self.head_size = (0.07, 0.025) if dense else (0.11, 0.04)  # length, half width (inches)
-        self.sx, self.sy = sx, sy            # inches per lane, inches per second
-        self.segments, self.colours = [], []
-        self.heads, self.head_colours = [], []
-        self.pending = []
-        self.waits, self.wait_colours = [], []
-        self.crosses = []
-        self.labels = []                     # (where, x0, y0, x1, y1, text, colour)
-        self.messages = 0
+        self.labelled = labelled
+        self.arrows: list[dict] = []
+        self.pending: list[tuple] = []       # ((x0, y0), (x1, y1)): in flight
+        self.waits: list[tuple] = []         # ((x0, y0), (x1, y1)): a caller waiting until its timeout
+        self.crosses: list[tuple] = []       # (x, y): a message lost, or a connection broken
+        self.marks: list[tuple] = []         # (x, y, side, text, colour): a label beside a point
+        self.spans: list[tuple] = []         # ((x, y0), (x, y1), colour): an open transaction on a database's lane
+        self.links: list[tuple] = []         # (x, y): a link answered in the service's place
         self.outcomes: set[str] = set()
 
     def arrow(self, x0, y0, x1, y1, colour, label="", where="above", head=True):
-        self.messages += 1
-        self.segments.append(((x0, y0), (x1, y1)))
-        self.colours.append(colour)
-        if head:
-            self._head(x0, y0, x1, y1, colour)
-        if label:
-            self.labels.append((where, x0, y0, x1, y1, label, colour))
+        self.arrows.append(dict(x0=x0, y0=y0, x1=x1, y1=y1, colour=colour, label=label, where=where, head=head))
 
     def mark(self, x, y, sign, text, colour=BLACK):
         """A label beside a point, on the side ``sign`` points to."""
-        self.labels.append(("beside", x, y, x + sign, y, text, colour))
+        self.marks.append((x, y, sign, text, colour))
 
-    def _head(self, x0, y0, x1, y1, colour):
-        length, half_width = self.head_size
-        dx, dy = (x1 - x0) * self.sx, (y1 - y0) * self.sy    # inches
-        norm = math.hypot(dx, dy)
-        if norm == 0:
-            return
-        ux, uy = dx / norm, dy / norm
-        length = min(length, norm * 0.6)
-        bx, by = -ux * length, -uy * length                   # from tip back to base
-        px, py = -uy * half_width, ux * half_width            # across the shaft
-        self.heads.append((
-            (x1, y1),
-            (x1 + (bx + px) / self.sx, y1 + (by + py) / self.sy),
-            (x1 + (bx - px) / self.sx, y1 + (by - py) / self.sy),
-        ))
-        self.head_colours.append(colour)
+    @property
+    def messages(self) -> int:
+        return len(self.arrows) + len(self.pending)
 
 
-def sequence(trace, *, nodes=None, title: str | None = None, max_events: int | None = None) -> Figure:
-    """A swimlane diagram: one lane per node, time flowing down, an arrow per message.
+def _draw_transaction(draw: _Drawing, x: _Transaction, labelled: bool) -> None:
+    """A transaction: BEGIN to the database, the time it is open as a bar on the database's lane, COMMIT or
+    ROLLBACK; a dotted line on the node's lane while it waited for the lock."""
+    node, database = draw.lane[x.caller], draw.lane[x.service]
+    colour = _TRANSACTION_COLOURS[x.outcome]
+    draw.outcomes.add(f"transaction {x.outcome}")
+    if x.waited:
+        draw.pending.append(((node, x.begin - x.waited), (node, x.begin)))
+        draw.outcomes.add("lock wait")
+    draw.arrow(node, x.begin, database, x.begin, GREY, "BEGIN" if labelled else "", head=True)
+    end = x.end if x.end is not None else x.begin
+    draw.spans.append(((database, x.begin), (database, end), colour))
+    if x.how:
+        draw.arrow(node, end, database, end, colour, x.how.upper() if labelled else "", where="below")
 
-    ``trace`` is a :class:`labkit.Trace` or a list of its events. ``nodes``
-    orders the lanes (others follow in order of appearance); ``max_events``
-    draws only the most recent events. A cross marks a message lost on the way,
-    a dashed line a caller waiting until it timed out. Method, path and status
-    label the arrows when there are at most 60 messages.
 
-        >>> fig = sequence(labkit.trace)                      # doctest: +SKIP
-        >>> fig = sequence(labkit.trace.filter(node="hello"))  # doctest: +SKIP
-    """
-    events = trace.events() if isinstance(trace, Trace) else list(trace)
-    if max_events is not None:
-        if max_events < 1:
-            raise ValueError(f"max_events must be a positive number of events, not {max_events!r}")
-        events = events[-max_events:]
-    exchanges, orphans = _exchanges(events)
-
-    names: dict[str, None] = dict.fromkeys(nodes or ())
-    for x in exchanges:
-        names.setdefault(x.caller)
-        names.setdefault(x.service)
-    for e in orphans:
-        names.setdefault(e.src)
-        names.setdefault(e.dst)
-    lanes = list(names)
-    lane = {name: i for i, name in enumerate(lanes)}
-
-    times = [e.t for e in events] or [0.0]
-    t_min, t_max = min(times), max(times)
-    span = t_max - t_min
-    pad = max(span * 0.06, 0.002)
-    y_top, y_bottom = t_min - pad, t_max + pad
-
-    n_messages = sum((x.start is not None) + (x.reply is not None or x.end is not None) for x in exchanges)
-    height = min(8.0, max(3.0, 1.7 + 0.28 * n_messages))
-    margins = dict(left=0.8, right=0.25, top=0.5 + (0.3 if title else 0), bottom=0.55)
-    fig = Figure(figsize=(_WIDTH, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    ax_w = _WIDTH - margins["left"] - margins["right"]
-    ax_h = height - margins["top"] - margins["bottom"]
-    ax = fig.add_axes((margins["left"] / _WIDTH, margins["bottom"] / height, ax_w / _WIDTH, ax_h / height))
-    n_lanes = max(len(lanes), 1)
-    x_left, x_right = -0.4, n_lanes - 0.6
-    ax.set_xlim(x_left, x_right)
-    ax.set_ylim(y_bottom, y_top)   # inverted: time flows down
-
-    labelled = n_messages <= MAX_LABELLED
-    draw = _Drawing(lane, ax_w / (x_right - x_left), ax_h / (y_bottom - y_top), dense=not labelled)
-    for x in exchanges:
-        _draw_exchange(draw, x, labelled)
-    for e in orphans:
-        if e.kind in ("dropped", "partitioned"):
-            a, b = lane[e.src], lane[e.dst]
-            draw.crosses.append(((a + b) / 2, e.t))
-            draw.outcomes.add("failed")
-
-    # Lanes, then messages, then heads and crosses on top.
-    lane_lines = LineCollection([((i, y_top), (i, y_bottom)) for i in range(len(lanes))],
-                                colors="#BBBBBB", linewidths=1.0, zorder=1)
-    lane_lines.set_gid("lanes")
-    ax.add_collection(lane_lines)
-    # Failures last, so a crowded diagram still shows them on top.
-    order = sorted(range(len(draw.segments)), key=lambda i: _PRIORITY[draw.colours[i]])
-    shafts = LineCollection([draw.segments[i] for i in order], colors=[draw.colours[i] for i in order] or BLUE,
-                            linewidths=1.4 if labelled else 0.8, zorder=3)
-    shafts.set_gid("messages")
-    ax.add_collection(shafts)
-    pending = LineCollection(draw.pending, colors=GREY, linewidths=1.2, linestyles=":", zorder=3)
-    pending.set_gid("pending")
-    ax.add_collection(pending)
-    waits = LineCollection(draw.waits, colors=draw.wait_colours or BLACK, linewidths=1.3,
-                           linestyles=(0, (4, 3)), zorder=2)
-    waits.set_gid("timeouts")
-    ax.add_collection(waits)
-    order = sorted(range(len(draw.heads)), key=lambda i: _PRIORITY[draw.head_colours[i]])
-    heads = PolyCollection([draw.heads[i] for i in order], facecolors=[draw.head_colours[i] for i in order] or BLUE,
-                           edgecolors="none", zorder=4)
-    heads.set_gid("heads")
-    ax.add_collection(heads)
-    crosses = ax.scatter([c[0] for c in draw.crosses], [c[1] for c in draw.crosses],
-                         marker="x", s=70 if labelled else 40, linewidths=2.2 if labelled else 1.6,
-                         color=BLACK, zorder=5)
-    crosses.set_gid("crosses")
-
-    if labelled:
-        _place_labels(ax, draw, x_left, y_top)
-
-    ax.xaxis.tick_top()
-    ax.set_xticks(range(len(lanes)), lanes, fontsize=10, fontweight="bold")
-    ax.tick_params(axis="x", length=0, pad=6)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.set_ylabel("seconds since the trace began", fontsize=9)
-    for side in ("top", "right", "bottom"):
-        ax.spines[side].set_visible(False)
-    ax.spines["left"].set_color("#BBBBBB")
-    if title:
-        fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=11)
-    if not exchanges and not orphans:
-        ax.text(0.5, 0.5, "no messages yet", transform=ax.transAxes, ha="center", va="center", color=GREY)
-    _legend(fig, draw, height)
-    return fig
+def _draw(draw: _Drawing, x, labelled: bool) -> None:
+    (_draw_transaction if isinstance(x, _Transaction) else _draw_exchange)(draw, x, labelled)
 
 
 def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
@@ -339,26 +344,45 @@ def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
     arrived = x.receive is not None or (x.status is not None and not x.error and x.reply is None)
 
     # The request.
+    if x.copy:  # sent by the link (half-way), answered back to it, and the answer dropped there
+        draw.outcomes.add("copy")
+        if x.receive is not None:
+            draw.arrow(middle, x.send, service, x.receive, PURPLE, f"{request} (copy)" if request else "")
+        if x.reply is not None:
+            back = x.reply + (x.receive - x.send if x.receive is not None else 0.0)
+            draw.arrow(service, x.reply, middle, back, PURPLE, str(x.status) if labelled else "", where="below")
+        return
+    if x.answered is not None and x.receive is None:  # the network answered: the service never saw it
+        draw.outcomes.add("answered")
+        draw.links.append((middle, x.answered))
+        label = f"{x.status} (link)" if labelled else ""
+        if start is not None:
+            draw.arrow(caller, start, middle, x.answered, colour, request)
+        draw.arrow(middle, x.answered, caller, x.end if x.end is not None else x.answered, colour, label,
+                   where="below")
+        return
     if start is not None:
         if x.receive is not None:
             draw.arrow(caller, start, service, x.receive, colour, request)
         elif arrived:  # answered by a server that records nothing: arrival unknown, draw it half-way
             draw.arrow(caller, start, service, (start + x.end) / 2, colour, request)
         elif x.lost_request is not None or (x.error and _is_timeout(x.error)):
-            at = x.lost_request if x.lost_request is not None else start
+            # Lost on the way: drawn toward its target with the slope it would have had, ending half-way.
+            at = (x.lost_request if x.lost_request is not None else start) + x.lost_delay / 2
             draw.arrow(caller, start, middle, at, colour, request, head=False)
             draw.crosses.append((middle, at))
+            draw.outcomes.add("lost")
         elif x.error or x.reset is not None:
             # Refused or reset: the caller hardly got going.
             at = x.end if x.end is not None else x.reset
-            tip = caller + min(0.45 / draw.sx, 0.3) * direction   # about half an inch
+            tip = caller + 0.3 * direction
             draw.arrow(caller, start, tip, at, colour, head=False)
             draw.crosses.append((tip, at))
+            draw.outcomes.add("reset" if x.reset is not None else "refused")
             if labelled:
                 draw.mark(tip, at, direction, x.error or "reset")
         else:  # still on its way
             draw.pending.append(((caller, start), (middle, start)))
-            draw.messages += 1
 
     # The response.
     if x.reply is not None:
@@ -368,12 +392,12 @@ def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
         elif x.end is not None and not x.error and x.lost_response is None:
             draw.arrow(service, x.reply, caller, x.end, colour, status, where="below")
         elif x.lost_response is not None or x.error:
-            at = x.lost_response if x.lost_response is not None else x.reply
-            draw.arrow(service, x.reply, middle, max(at, x.reply), colour, status, where="below", head=False)
-            draw.crosses.append((middle, max(at, x.reply)))
+            at = max(x.lost_response if x.lost_response is not None else x.reply, x.reply) + x.lost_delay / 2
+            draw.arrow(service, x.reply, middle, at, colour, status, where="below", head=False)
+            draw.crosses.append((middle, at))
+            draw.outcomes.add("reset" if x.reset is not None else "lost")
         else:
             draw.pending.append(((service, x.reply), (middle, x.reply)))
-            draw.messages += 1
     elif x.end is not None and not x.error and x.status is not None:
         status = str(x.status) if labelled else ""
         if start is None:
@@ -386,7 +410,6 @@ def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
         offset = caller + 0.04 * direction
         if _is_timeout(x.error):
             draw.waits.append(((offset, start), (offset, x.end)))
-            draw.wait_colours.append(BLACK)
             draw.outcomes.add("timeout")
             if labelled:
                 draw.mark(offset, (start + x.end) / 2, direction, x.error)
@@ -394,17 +417,194 @@ def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
             draw.crosses.append((caller, x.end))
             if labelled:
                 draw.mark(caller, x.end, direction, x.error)
-    if x.lost_request is not None or x.lost_response is not None:
-        draw.outcomes.add("lost")
+
+
+def _lanes(exchanges, orphans, nodes=()) -> list[str]:
+    names: dict[str, None] = dict.fromkeys(nodes or ())
+    for x in exchanges:
+        names.setdefault(x.caller)
+        names.setdefault(x.service)
+    for e in orphans:
+        names.setdefault(e.src)
+        names.setdefault(e.dst)
+    return list(names)
+
+
+def _states(lanes) -> dict[str, str]:
+    """Each lane that names a server of this kernel that is not running now: "stopped"."""
+    running = {server.name for server in _server.running()}
+    return {name: "stopped" for name in lanes if tracing.was_served(name) and name not in running}
+
+
+def layout(x, lane: dict[str, int]) -> dict:
+    """One exchange (or transaction) as the live diagram draws it: its shapes in lanes and seconds, and its details."""
+    draw = _Drawing(lane)
+    _draw(draw, x, labelled=True)
+    if isinstance(x, _Transaction):
+        details = {"request": f"transaction of {x.caller}", "status": x.how or "open", "error": "",
+                   "fault": f"waited {x.waited * 1000:.0f} ms for the lock" if x.waited else "",
+                   "sent": x.begin, "arrived": None, "answered": None, "back": x.end, "trace_id": x.trace_id}
+    else:
+        details = {"request": f"{x.method} {x.path}".strip(), "status": x.status, "error": x.error,
+                   "fault": x.fault, "sent": x.send, "arrived": x.receive, "answered": x.reply,
+                   "back": x.end, "trace_id": x.trace_id}
+    return {"id": x.id, "caller": x.caller, "service": x.service, "outcome": x.outcome, "arrows": draw.arrows,
+            "pending": draw.pending, "waits": draw.waits, "crosses": draw.crosses, "marks": draw.marks,
+            "spans": draw.spans, "links": draw.links, "details": details}
+
+
+# -- the sequence diagram ------------------------------------------------------
+
+
+def sequence(trace, *, nodes=None, title: str | None = None, max_events: int | None = None,
+             transactions: str = "writes") -> Figure:
+    """A swimlane diagram: one lane per node, time flowing down, an arrow per message.
+
+    ``trace`` is a :class:`labkit.Trace` or a list of its events. ``nodes``
+    orders the lanes (others follow in order of appearance); ``max_events``
+    draws only the most recent events. A cross marks a message lost on the way
+    (drawn toward its target with the slope it would have had), a dashed line a
+    caller waiting until it timed out. Method, path and status label the arrows
+    when there are at most 60 messages. A lane whose server has stopped says so.
+    ``transactions`` draws the database transactions services ran ("writes": those
+    that wrote; "all"; "none"): BEGIN, the time it holds the database (a bar on the
+    database's lane), COMMIT or ROLLBACK, and any wait for the lock.
+
+        >>> fig = sequence(labkit.trace)                      # doctest: +SKIP
+        >>> fig = sequence(labkit.trace.filter(node="hello"))  # doctest: +SKIP
+    """
+    events = trace.events() if isinstance(trace, Trace) else list(trace)
+    if max_events is not None:
+        if max_events < 1:
+            raise ValueError(f"max_events must be a positive number of events, not {max_events!r}")
+        events = events[-max_events:]
+    if transactions not in ("writes", "all", "none"):
+        raise ValueError(f'transactions is "writes", "all" or "none", not {transactions!r}')
+    exchanges, orphans = _exchanges(events)
+    exchanges = [x for x in exchanges if not isinstance(x, _Transaction) or transactions == "all"
+                 or (transactions == "writes" and not x.read_only)]
+    lanes = _lanes(exchanges, orphans, nodes)
+    lane = {name: i for i, name in enumerate(lanes)}
+    states = _states(lanes)
+
+    times = [e.t for e in events] or [0.0]
+    n_messages = sum(2 if isinstance(x, _Transaction) else (x.start is not None) + (x.reply is not None
+                     or x.end is not None) for x in exchanges)
+    labelled = n_messages <= MAX_LABELLED
+    draw = _Drawing(lane, labelled)
+    for x in exchanges:
+        _draw(draw, x, labelled)
+    for e in orphans:
+        if e.kind in ("dropped", "partitioned"):
+            a, b = lane[e.src], lane[e.dst]
+            draw.crosses.append(((a + b) / 2, e.t))
+            draw.outcomes.add("lost")
+    times += [y for _, y in draw.crosses] + [y for (_, y), _ in draw.pending]
+    t_min, t_max = min(times), max(times)
+    pad = max((t_max - t_min) * 0.06, 0.002)
+    y_top, y_bottom = t_min - pad, t_max + pad
+
+    handles = _legend(draw)
+    rows = math.ceil(len(handles) / _LEGEND_COLUMNS)
+    height = min(8.0, max(3.0, 1.7 + 0.28 * n_messages)) + 0.2 * max(rows - 1, 0)
+    margins = dict(left=0.8, right=0.25, top=0.5 + (0.3 if title else 0) + (0.15 if states else 0),
+                   bottom=0.35 + 0.2 * rows)
+    fig = Figure(figsize=(_WIDTH, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax_w = _WIDTH - margins["left"] - margins["right"]
+    ax_h = height - margins["top"] - margins["bottom"]
+    ax = fig.add_axes((margins["left"] / _WIDTH, margins["bottom"] / height, ax_w / _WIDTH, ax_h / height))
+    n_lanes = max(len(lanes), 1)
+    x_left, x_right = -0.4, n_lanes - 0.6
+    ax.set_xlim(x_left, x_right)
+    ax.set_ylim(y_bottom, y_top)   # inverted: time flows down
+    sx, sy = ax_w / (x_right - x_left), ax_h / (y_bottom - y_top)   # inches per lane, per second
+
+    # Lanes, then messages, then heads and crosses on top.
+    lane_lines = LineCollection([((i, y_top), (i, y_bottom)) for i in range(len(lanes))],
+                                colors=["#DDDDDD" if lanes[i] in states else "#BBBBBB" for i in range(len(lanes))],
+                                linewidths=1.0, linestyles=[(0, (2, 2)) if lanes[i] in states else "solid"
+                                                            for i in range(len(lanes))], zorder=1)
+    lane_lines.set_gid("lanes")
+    ax.add_collection(lane_lines)
+    # Failures last, so a crowded diagram still shows them on top.
+    arrows = sorted(draw.arrows, key=lambda a: _PRIORITY[a["colour"]])
+    shafts = LineCollection([((a["x0"], a["y0"]), (a["x1"], a["y1"])) for a in arrows],
+                            colors=[a["colour"] for a in arrows] or BLUE, linewidths=1.4 if labelled else 0.8, zorder=3)
+    shafts.set_gid("messages")
+    ax.add_collection(shafts)
+    pending = LineCollection(draw.pending, colors=GREY, linewidths=1.2, linestyles=":", zorder=3)
+    pending.set_gid("pending")
+    ax.add_collection(pending)
+    waits = LineCollection(draw.waits, colors=BLACK, linewidths=1.3, linestyles=(0, (4, 3)), zorder=2)
+    waits.set_gid("timeouts")
+    ax.add_collection(waits)
+    spans = LineCollection([(a, b) for a, b, _ in draw.spans], colors=[c for _, _, c in draw.spans] or GREEN,
+                           linewidths=7, alpha=0.45, zorder=2)
+    spans.set_gid("transactions")
+    ax.add_collection(spans)
+    size = (0.07, 0.025) if not labelled else (0.11, 0.04)
+    with_heads = [a for a in arrows if a["head"]]
+    heads = PolyCollection([_head(a, sx, sy, size) for a in with_heads], facecolors=[a["colour"] for a in with_heads]
+                           or BLUE, edgecolors="none", zorder=4)
+    heads.set_gid("heads")
+    ax.add_collection(heads)
+    crosses = ax.scatter([c[0] for c in draw.crosses], [c[1] for c in draw.crosses],
+                         marker="x", s=70 if labelled else 40, linewidths=2.2 if labelled else 1.6,
+                         color=BLACK, zorder=5)
+    crosses.set_gid("crosses")
+    links = ax.scatter([p[0] for p in draw.links], [p[1] for p in draw.links], marker="D", s=36 if labelled else 20,
+                       color=BLACK, zorder=5)
+    links.set_gid("link answers")
+
+    if labelled:
+        labels = [(a["where"], a["x0"], a["y0"], a["x1"], a["y1"], a["label"], a["colour"])
+                  for a in draw.arrows if a["label"]]
+        labels += [("beside", x, y, x + sign, y, text, colour) for x, y, sign, text, colour in draw.marks]
+        _place_labels(ax, labels, sx, sy, x_left, y_top)
+
+    ax.xaxis.tick_top()
+    ax.set_xticks(range(len(lanes)), [f"{name}\n({states[name]})" if name in states else name for name in lanes],
+                  fontsize=10, fontweight="bold")
+    for tick, name in zip(ax.get_xticklabels(), lanes):
+        if name in states:
+            tick.set_color(GREY)
+    ax.tick_params(axis="x", length=0, pad=6)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_ylabel("seconds since the trace began", fontsize=9)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.spines["left"].set_color("#BBBBBB")
+    if title:
+        fig.text(0.5, 1 - 0.12 / height, title, ha="center", va="top", fontsize=11)
+    if not exchanges and not orphans:
+        ax.text(0.5, 0.5, "no messages yet", transform=ax.transAxes, ha="center", va="center", color=GREY)
+    if handles:
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.04 / height),
+                   ncol=min(len(handles), _LEGEND_COLUMNS), frameon=False, fontsize=8, handlelength=2.2,
+                   columnspacing=1.6)
+    return fig
+
+
+def _head(arrow: dict, sx: float, sy: float, size) -> tuple:
+    """The triangle of an arrow's head, in data units, ``size`` (length, half width) inches."""
+    x0, y0, x1, y1 = arrow["x0"], arrow["y0"], arrow["x1"], arrow["y1"]
+    dx, dy = (x1 - x0) * sx, (y1 - y0) * sy    # inches
+    norm = math.hypot(dx, dy) or 1e-9
+    ux, uy = dx / norm, dy / norm
+    length, half_width = min(size[0], norm * 0.6), size[1]
+    bx, by = -ux * length, -uy * length                   # from tip back to base
+    px, py = -uy * half_width, ux * half_width            # across the shaft
+    return ((x1, y1), (x1 + (bx + px) / sx, y1 + (by + py) / sy), (x1 + (bx - px) / sx, y1 + (by - py) / sy))
 
 
 def _short(path: str, limit: int = 22) -> str:
     return path if len(path) <= limit else path[: limit - 1] + "…"
 
 
-def _place_labels(ax, draw: _Drawing, x_left: float, y_top: float, fontsize: float = 8) -> None:
+def _place_labels(ax, labels, sx: float, sy: float, x_left: float, y_top: float, fontsize: float = 8) -> None:
     """Put each label on its arrow where it overlaps no other label, if it can."""
-    per_x, per_y = draw.sx * 72, draw.sy * 72    # points per lane, per second (downwards)
+    per_x, per_y = sx * 72, sy * 72    # points per lane, per second (downwards)
     char_w, line_h = fontsize * 0.62, fontsize * 1.35
     placed: list[tuple[float, float, float, float]] = []
 
@@ -419,7 +619,7 @@ def _place_labels(ax, draw: _Drawing, x_left: float, y_top: float, fontsize: flo
     def overlap(a, b):
         return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
-    for where, x0, y0, x1, y1, text, colour in draw.labels:
+    for where, x0, y0, x1, y1, text, colour in labels:
         sign = 1 if x1 >= x0 else -1
         best = None
         for f in (0.5, 0.3, 0.7, 0.18, 0.82) if where != "beside" else (0.0,):
@@ -443,18 +643,32 @@ def _place_labels(ax, draw: _Drawing, x_left: float, y_top: float, fontsize: flo
                     bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8))
 
 
-def _legend(fig: Figure, draw: _Drawing, height: float) -> None:
+_LEGEND_COLUMNS = 5
+
+
+def _legend(draw: _Drawing) -> list[Line2D]:
+    """The legend's entries: only what the diagram shows."""
     handles = [Line2D([], [], color=colour, linewidth=2, label=text)
                for outcome, (colour, text) in _OUTCOMES.items() if outcome in draw.outcomes]
+    broken = [text for kind, text in (("lost", "lost"), ("reset", "reset"), ("refused", "refused"))
+              if kind in draw.outcomes]
     if draw.crosses:
         handles.append(Line2D([], [], color=BLACK, marker="x", linestyle="none", markersize=7,
-                              markeredgewidth=2, label="lost or refused"))
+                              markeredgewidth=2, label=" / ".join(broken) or "lost"))
+    if draw.links:
+        handles.append(Line2D([], [], color=BLACK, marker="D", linestyle="none", markersize=5,
+                              label="answered by the link"))
+    if "copy" in draw.outcomes:
+        handles.append(Line2D([], [], color=PURPLE, linewidth=2, label="copy sent by the link"))
     if "timeout" in draw.outcomes:
         handles.append(Line2D([], [], color=BLACK, linestyle=(0, (4, 3)), linewidth=1.3,
                               label="waiting until timeout"))
-    if handles:
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.04 / height),
-                   ncol=len(handles), frameon=False, fontsize=8, handlelength=2.2, columnspacing=1.6)
+    for outcome, colour in (("transaction committed", GREEN), ("transaction rolled back", VERMILLION)):
+        if outcome in draw.outcomes:
+            handles.append(Line2D([], [], color=colour, linewidth=6, alpha=0.45, label=outcome))
+    if "lock wait" in draw.outcomes:
+        handles.append(Line2D([], [], color=GREY, linestyle=":", linewidth=1.2, label="waiting for the lock"))
+    return handles
 
 
 # -- latency, throughput, topology -------------------------------------------

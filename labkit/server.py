@@ -243,7 +243,7 @@ def _traced(app, name: str, log_to: tracing.Trace):
             status[:] = [int(status_line.split(" ", 1)[0])]
             return start_response(status_line, headers, exc_info)
 
-        token = tracing._context.set((trace_id, parent))
+        token = tracing._context.set(tracing.Context(trace_id, parent, name, log_to))
         body = None
         try:
             body = app(environ, recording_start_response)
@@ -306,7 +306,7 @@ class Server:
     def _start(self) -> "Server":
         self._thread.start()
         self._ready.wait()
-        tracing.register_name(("127.0.0.1", self.port), self.name)
+        tracing.register_name(("127.0.0.1", self.port), self.name, server=True)
         return self
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextvars
+import itertools
 import dataclasses
 import json
 import secrets
@@ -31,8 +32,13 @@ KINDS = {
     "error": "the client got no answer (error: timeout, refused, reset, ...)",
     "delayed": "a link held a message back (detail: how long)",
     "dropped": "a link lost a message",
-    "reset": "a link reset a connection",
-    "partitioned": "a link lost a message because of a partition",
+    "reset": "a link reset a connection (on the response: the service did the work)",
+    "partitioned": "a partition lost a message (detail: rejected, if it reset the connection at once)",
+    "duplicated": "a link delivered a request a second time",
+    "answered": "a link answered in the service's place (status), without forwarding",
+    "begin": "a node began a database transaction (detail: how long it waited for the lock)",
+    "commit": "a node's transaction committed",
+    "rollback": "a node's transaction rolled back",
 }
 
 
@@ -66,6 +72,8 @@ class Trace:
             raise ValueError(f"max_events is a whole number of events from 1, or None for all, not {max_events!r}")
         self._lock = threading.Lock()
         self._events: collections.deque[Event] = collections.deque(events, maxlen=max_events)
+        self._recorded = len(self._events)  # every event ever recorded here, dropped ones too
+        self.generation = 0                 # how many times it was cleared
         self.start = time.perf_counter() if start is None else start
 
     def record(self, kind: str, src: str, dst: str, **fields) -> Event:
@@ -75,7 +83,19 @@ class Trace:
         event = Event(time.perf_counter() - self.start, kind, src, dst, **fields)
         with self._lock:
             self._events.append(event)
+            self._recorded += 1
         return event
+
+    def since(self, mark: int) -> tuple[list[Event], int]:
+        """The events recorded after ``mark`` (0: from the start) still kept, and the mark to ask with next.
+
+            >>> log = Trace(); new, mark = log.since(0); log.record("send", "a", "b"); len(log.since(mark)[0])
+            1
+        """
+        with self._lock:
+            first = self._recorded - len(self._events)   # the mark of the oldest event kept
+            skip = max(mark - first, 0)
+            return list(itertools.islice(self._events, skip, None)), self._recorded
 
     def events(self) -> list[Event]:
         """A snapshot of the events, in the order they were recorded."""
@@ -96,6 +116,7 @@ class Trace:
         """Forget every event and restart the clock."""
         with self._lock:
             self._events.clear()
+            self.generation += 1  # a live view starts again
             self.start = time.perf_counter()
 
     def filter(self, *, kind=None, node=None, trace_id=None, path=None) -> "Trace":
@@ -133,17 +154,31 @@ class Trace:
 #: The trace every labkit server, client and link records to unless given another.
 default = Trace()
 
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """The request a thread is serving: its trace and parent span ids, the node serving it, its trace."""
+
+    trace_id: str
+    span_id: str
+    node: str
+    trace: "Trace"
+
+
 # The exchange a thread is working for: servers set it while handling a request,
-# so a call the handler makes downstream carries the same trace id.
-_context: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "labkit_trace_context", default=None
-)
+# so a call the handler makes downstream carries the same trace id, and a database
+# transaction it runs is recorded as the node's.
+_context: contextvars.ContextVar[Context | None] = contextvars.ContextVar("labkit_trace_context", default=None)
+
+
+def current() -> Context | None:
+    """The request this thread is serving now, or None."""
+    return _context.get()
 
 
 def new_ids() -> tuple[str, str]:
     """A (trace id, span id) pair: the current exchange's trace id if any, a new span."""
-    current = _context.get()
-    trace_id = current[0] if current else secrets.token_hex(16)
+    serving = _context.get()
+    trace_id = serving.trace_id if serving else secrets.token_hex(16)
     return trace_id, secrets.token_hex(8)
 
 
@@ -161,23 +196,37 @@ def parse_traceparent(value: str | None) -> tuple[str, str]:
 
 
 # Who listens where: servers and links register their address so events name
-# nodes, not ports.
+# nodes, not ports. A stopped server's address keeps its name (until something else
+# listens there), so a caller that calls it still sees the name on a diagram.
 _names: dict[tuple[str, int], str] = {}
+_former: dict[tuple[str, int], str] = {}
+_served: set[str] = set()   # names a server of this process has had
 _names_lock = threading.Lock()
 
 
-def register_name(address: tuple[str, int], name: str) -> None:
+def register_name(address: tuple[str, int], name: str, *, server: bool = False) -> None:
     with _names_lock:
         _names[address] = name
+        _former.pop(address, None)
+        if server:
+            _served.add(name)
 
 
 def forget_name(address: tuple[str, int]) -> None:
     with _names_lock:
-        _names.pop(address, None)
+        name = _names.pop(address, None)
+        if name is not None:
+            _former[address] = name
 
 
 def name_for(host: str, port: int) -> str:
-    """The node listening at host:port, or "host:port" if labkit does not know it."""
+    """The node listening at host:port (or that last did), or "host:port" if labkit does not know it."""
     host = "127.0.0.1" if host == "localhost" else host
     with _names_lock:
-        return _names.get((host, port), f"{host}:{port}")
+        return _names.get((host, port)) or _former.get((host, port), f"{host}:{port}")
+
+
+def was_served(name: str) -> bool:
+    """Whether a server of this process has been called ``name``."""
+    with _names_lock:
+        return name in _served

@@ -272,3 +272,108 @@ def test_start_here_runs_in_jupyterlab_in_a_browser(tmp_path):
 
     assert not seen["widget_error"], "the page says 'Error displaying widget': the widget front end failed"
     assert seen["sliders"] >= 1, "no slider rendered"
+
+
+# -- the hands-on tools: an experiment panel and the live diagram, in the browser ----------------
+
+TOOLS_NOTEBOOK = [
+    """import threading, time
+import labkit
+from labkit.apps import create
+
+hello = labkit.serve(create("hello"), name="hello")
+link = labkit.Link(hello, seed=1)
+alice = labkit.Client("alice", timeout=2)
+labkit.trace.clear()""",
+    """def calls(latency_ms, n):
+    link.latency_ms = latency_ms
+    start = time.perf_counter()
+    for _ in range(n):
+        alice.get(link.url + "/hello")
+    return {"seconds": round(time.perf_counter() - start, 2)}
+
+panel = labkit.experiment(calls, {"latency_ms": (0, 100, 50, 0), "n": [2, 4]}, title="calls")
+panel""",
+    """live = labkit.live_sequence(labkit.trace, title="alice and hello", interval=0.1)
+live""",
+    """traffic = threading.Event()
+
+def talk():
+    while not traffic.wait(0.1):
+        alice.get(hello.url + "/hello?name=ada")
+
+threading.Thread(target=talk, daemon=True).start()""",
+]
+
+
+def test_the_tools_work_in_jupyterlab_in_a_browser(tmp_path):
+    if not CHROMIUM.exists():
+        _missing(f"{CHROMIUM} not found: install Debian's or Ubuntu's browser with `apt-get install chromium`")
+    import nbformat
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path / "book"
+    root.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in TOOLS_NOTEBOOK],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                     "language": "python"}}), root / "tools.ipynb")
+    screenshot = ARTIFACTS / "browser-tools.png"
+    with jupyterlab(root, tmp_path / "jupyter") as (base, token), sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1400})
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(f"{base}lab/tree/tools.ipynb?token={token}")
+            page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle")).first.wait_for()
+            page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+
+            # The live diagram: traffic shows within a second, a hover names the message, a lane can be hidden.
+            diagram = page.locator(".labkit-live")
+            diagram.wait_for()
+            exchanges = page.locator(".labkit-live-exchange")
+            exchanges.first.wait_for(timeout=15_000)
+            started = time.monotonic()
+            before = exchanges.count()
+            page.wait_for_function(f"document.querySelectorAll('.labkit-live-exchange').length > {before}",
+                                   timeout=3_000)
+            assert time.monotonic() - started < 1.5, "new traffic took more than a second to show"
+            _bring_into_view(page, diagram)
+            exchanges.last.locator(".labkit-live-arrow").first.hover(force=True)
+            tip = page.locator(".labkit-live-tip")
+            tip.wait_for(state="visible")
+            assert "GET /hello" in tip.inner_text() and "status   200" in tip.inner_text(), tip.inner_text()
+            page.locator(".labkit-live-filter[data-lane='hello']").uncheck()
+            page.wait_for_function("""() => [...document.querySelectorAll('.labkit-live-exchange')]
+                .filter(g => g.dataset.service === 'hello').every(g => g.style.display === 'none')""")
+
+            # The experiment panel: move a control, press Run, the result changes in place.
+            table = page.locator(".labkit-results")
+            run = page.locator("button", has_text=re.compile(r"^\s*Run\s*$")).first
+            _bring_into_view(page, run)
+            run.click()
+            table.wait_for()
+            page.wait_for_function("document.querySelectorAll('.labkit-results tbody tr').length === 1")
+            slider = page.locator(".widget-slider .ui-slider-handle, .widget-slider [role=slider]").first
+            slider.focus()
+            page.keyboard.press("ArrowRight")  # latency 0 -> 50 ms
+            run.click()
+            page.wait_for_function("document.querySelectorAll('.labkit-results tbody tr').length === 2")
+            rows = [row.inner_text() for row in page.locator(".labkit-results tbody tr").all()]
+            first, second = (row.split() for row in rows)
+            assert first[0] == "0" and second[0] == "50", rows
+            assert float(second[-1]) > float(first[-1]) + 0.15, rows  # two calls, 100 ms more each
+            errors = [text for text in page.locator(STDERR).all_inner_texts() if text.strip()]
+            assert not errors, errors
+            assert "Error displaying widget" not in page.locator("body").inner_text()
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "browser-tools-failed.png"))
+            raise
+        finally:
+            context.close()

@@ -250,7 +250,7 @@ def test_the_checker_imports_no_pictures():
 
 
 def test_the_random_faults_test_sees_every_outcome():
-    """Over its seeds the random test meets answers, lost requests, lost answers and resets,
+    """Over its seeds the random test meets answers, lost requests, lost answers and resets both ways,
     so an answer that ignores any of them cannot pass by luck."""
     test = authoring.questions()["q1.1"].tests[-1]
     kinds, outcomes = set(), set()
@@ -266,7 +266,7 @@ def test_the_random_faults_test_sees_every_outcome():
                 if e.kind in ("dropped", "reset"):
                     kinds.add((e.kind, "request" if e.dst == "weather·check" else "response"))
     assert outcomes == {True, False}
-    assert kinds == {("dropped", "request"), ("dropped", "response"), ("reset", "request")}
+    assert kinds == {("dropped", "request"), ("dropped", "response"), ("reset", "request"), ("reset", "response")}
 
 
 def _public_functions():

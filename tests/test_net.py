@@ -249,7 +249,7 @@ def test_configure_changes_several_settings_at_once(lab, svc):
     link = lab.link(svc)
     link.configure(latency_ms=(5, 10), jitter_ms=1, drop=(0, 0.5), reset=0.25)
     assert link.settings == labkit.net.Settings(
-        latency_ms=(5.0, 10.0), jitter_ms=(1.0, 1.0), drop=(0.0, 0.5), reset=0.25, down=False)
+        latency_ms=(5.0, 10.0), jitter_ms=(1.0, 1.0), drop=(0.0, 0.5), reset=(0.25, 0.25), down=False)
     assert (link.latency_ms, link.jitter_ms, link.drop, link.reset) == ((5, 10), 1, (0, 0.5), 0.25)
 
 
@@ -270,12 +270,26 @@ def test_configure_changes_several_settings_at_once(lab, svc):
     {"down": "yes"},
     {"down": 1},
     {"latency_ms": 50, "drop": 1.5},  # all or nothing: the valid latency is not applied
+    {"reset": (0, 1.5)},
+    {"duplicate": 2},
+    {"error_rate": -0.5},
+    {"error_status": 404},
+    {"error_status": True},
+    {"fail_first": 1.5},
+    {"fail_first": -1},
+    {"retry_after_s": -1},
+    {"late_rate": 1.01},
+    {"late_ms": 10**9},
+    {"bytes_per_s": -1},
+    {"bytes_per_s": (100, "fast")},
 ])
 def test_invalid_settings_raise_value_error_and_change_nothing(lab, svc, changes):
     link = lab.link(svc, latency_ms=(1, 2), drop=0.1)
     before = link.settings
-    with pytest.raises(ValueError):
+    with pytest.raises(labkit.Invalid) as refused:
         link.configure(**changes)
+    named = [name for name in changes if name in str(refused.value)]
+    assert named, f"the error names no setting: {refused.value}"
     assert link.settings == before
     if len(changes) == 1:
         [(name, value)] = changes.items()
@@ -448,3 +462,190 @@ def test_closing_a_network_closes_its_links(lab):
     with labkit.Network(trace=lab.trace) as net:
         link = net.link("a", b)
     assert link.closed
+
+
+# -- the faults of real networks and proxies ----------------------------------------
+
+
+def arrivals(svc, path=None):
+    return [p for p, _ in svc_app(svc).config["arrivals"] if path is None or p == path]
+
+
+def svc_app(svc):
+    return svc._app
+
+
+@pytest.fixture
+def counted(lab):
+    """A service that counts what arrives (conftest's app records arrivals)."""
+    app = lab.app("counted")
+    server = lab.serve(app)
+    server._app = app
+    return server
+
+
+def test_a_reset_on_the_request_means_nothing_was_done(lab, counted):
+    link = lab.link(counted, reset=(1, 0))
+    with pytest.raises(requests.exceptions.ConnectionError) as caught:
+        lab.client("bob", timeout=2).post(link.url + "/echo", data=b"pay")
+    assert describe(caught.value) == "reset"
+    assert arrivals(counted) == []
+    [reset] = lab.trace.filter(kind="reset")
+    assert (reset.src, reset.dst) == ("bob", "counted")
+
+
+def test_a_reset_on_the_response_comes_after_the_work_was_done(lab, counted):
+    link = lab.link(counted, reset=(0, 1))
+    with pytest.raises(requests.exceptions.ConnectionError) as caught:
+        lab.client("bob", timeout=2).post(link.url + "/echo", data=b"pay")
+    assert describe(caught.value) == "reset" and not isinstance(caught.value, requests.exceptions.Timeout)
+    assert arrivals(counted) == ["/echo"]  # the service did the work; the caller saw an error
+    [reply] = lab.trace.filter(kind="reply")
+    [reset] = lab.trace.filter(kind="reset")
+    assert (reset.src, reset.dst) == ("counted", "bob") and reset.t >= reply.t
+
+
+def test_a_duplicated_request_reaches_the_service_twice_and_the_caller_once(lab, counted):
+    link = lab.link(counted, duplicate=1)
+    client = lab.client("bob", timeout=2)
+    assert client.post(link.url + "/echo", data=b"once").content == b"once"
+    deadline = time.monotonic() + 2
+    while len(arrivals(counted)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arrivals(counted) == ["/echo", "/echo"]
+    [duplicated] = lab.trace.filter(kind="duplicated")
+    assert (duplicated.src, duplicated.dst) == ("bob", "counted")
+    receives = lab.trace.filter(kind="receive").events()
+    assert len(receives) == 2 and receives[0].trace_id == receives[1].trace_id
+    assert receives[0].span_id != receives[1].span_id  # the copy is a separate exchange on a diagram
+    assert len(lab.trace.filter(kind="response")) == 1
+    link.duplicate = 0
+    client.get(link.url + "/")
+    assert len(arrivals(counted)) == 3
+
+
+def test_a_duplicated_request_with_a_chunked_body_is_sent_whole(lab, counted):
+    link = lab.link(counted, duplicate=1)
+    chunks = (part for part in (b"a" * 10, b"b" * 20))
+    assert lab.client("bob", timeout=2).post(link.url + "/echo", data=chunks).content == b"a" * 10 + b"b" * 20
+    deadline = time.monotonic() + 2
+    while len(arrivals(counted)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert arrivals(counted) == ["/echo", "/echo"]
+
+
+def test_the_link_answers_with_an_error_the_service_never_gave(lab, counted):
+    link = lab.link(counted, error_rate=1, error_status=429, retry_after_s=2.5)
+    answer = lab.client("bob", timeout=2).post(link.url + "/echo", data=b"x" * 5000)
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "3"
+    assert "not from counted" in answer.json()["error"]
+    assert arrivals(counted) == []
+    [answered] = lab.trace.filter(kind="answered")
+    assert (answered.src, answered.dst, answered.status) == ("counted", "bob", 429)
+    link.configure(error_rate=0, error_status=503)
+    assert lab.client("bob", timeout=2).get(link.url + "/").text == "ok"
+
+
+def test_the_first_requests_fail_then_the_service_answers(lab, counted):
+    link = lab.link(counted, fail_first=2, error_status=503)
+    client = lab.client("bob", timeout=2)
+    assert [client.get(link.url + "/").status_code for _ in range(4)] == [503, 503, 200, 200]
+    assert len(arrivals(counted)) == 2
+    link.fail_first = 1  # counting starts again
+    assert [client.get(link.url + "/").status_code for _ in range(2)] == [503, 200]
+
+
+def test_a_late_answer_comes_after_the_work_is_done(lab, counted):
+    link = lab.link(counted, late_rate=1, late_ms=300)
+    client = lab.client("bob", timeout=(1, 0.15))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        client.get(link.url + "/")
+    assert arrivals(counted) == ["/"]  # it got there and was answered; the answer is late
+    patient = lab.client("carol", timeout=2)
+    answer, took = timed(patient.get, link.url + "/")
+    assert answer.text == "ok" and took >= 0.29
+    assert any("late" in e.detail for e in lab.trace.filter(kind="delayed"))
+
+
+def test_a_slow_line_takes_the_time_its_bytes_need(lab, svc):
+    link = lab.link(svc, bytes_per_s=(0, 200_000))
+    body = b"x" * 100_000
+    answer, took = timed(lab.client("bob", timeout=5).post, link.url + "/echo", data=body)
+    assert answer.content == body and took >= 0.45  # 100 kB at 200 kB/s
+    link.bytes_per_s = 0
+    _, fast = timed(lab.client("carol", timeout=5).post, link.url + "/echo", data=body)
+    assert fast < took / 3
+
+
+def test_a_one_way_cut_loses_the_answers_that_go_that_way(lab):
+    a, b = lab.serve(lab.app("a")), lab.serve(lab.app("b"))
+    b._app = None
+    net = lab.network(seed=1)
+    a_to_b, b_to_a = net.link("a", b), net.link("b", a)
+    net.cut(["b"], ["a"])  # b cannot reach a; a still reaches b
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        lab.client("a", timeout=0.3).get(a_to_b.url + "/hits")  # it arrives, its answer is lost
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        lab.client("b", timeout=0.3).get(b_to_a.url + "/")      # b's request is lost
+    cut = lab.trace.filter(kind="partitioned")
+    assert [(e.src, e.dst) for e in cut] == [("b", "a"), ("b", "a")], [
+        (round(e.t, 3), e.kind, e.src, e.dst, e.detail, e.span_id[:4]) for e in lab.trace]
+    assert len(lab.trace.filter(kind="receive", node="b")) == 1  # b did receive a's request
+    net.heal()
+    assert lab.client("a2", timeout=1).get(a_to_b.url + "/").ok
+
+
+def test_a_rejecting_partition_resets_at_once(lab):
+    b = lab.serve(lab.app("b"))
+    net = lab.network()
+    a_to_b = net.link("a", b)
+    net.partition(["a"], ["b"], kind="reject")
+    with pytest.raises(requests.exceptions.ConnectionError) as caught:
+        timed(lab.client("a", timeout=2).get, a_to_b.url + "/")
+    assert describe(caught.value) == "reset"
+    [cut] = lab.trace.filter(kind="partitioned")
+    assert cut.detail == "rejected"
+    with pytest.raises(ValueError):
+        net.partition(["a"], ["b"], kind="sometimes")
+    with pytest.raises(ValueError):
+        net.cut(["a"], ["a", "b"])
+
+
+def test_every_new_fault_is_seeded(lab, svc):
+    def run(seed):
+        link = lab.link(svc, seed=seed, error_rate=0.3, duplicate=0.2, late_rate=0.2, late_ms=1)
+        with labkit.Client("seeded", timeout=2, trace=lab.trace) as client:
+            return [client.get(link.url + "/").status_code for _ in range(30)]
+    first = run(3)
+    assert 3 <= first.count(503) <= 20 and run(3) == first and run(4) != first
+
+
+def test_settings_are_all_or_nothing_for_any_change(lab, svc):
+    """A property test: whatever a change holds, the link either takes all of it or none."""
+    from hypothesis import given, settings as hsettings, HealthCheck
+    from hypothesis import strategies as st
+
+    link = lab.link(svc)
+    names = [f.name for f in labkit.net.dataclasses.fields(labkit.net.Settings) if f.name != "down"] + ["latency"]
+    values = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**11), st.floats(allow_nan=True),
+                       st.text(max_size=3), st.tuples(st.floats(-1, 2), st.floats(-1, 2)),
+                       st.sampled_from([429, 500, 503, 404]))
+
+    @hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.dictionaries(st.sampled_from(names), values, min_size=1, max_size=3))
+    def check(changes):
+        before = link.settings
+        try:
+            link.configure(**changes)
+        except (labkit.Invalid, TypeError) as refused:
+            assert link.settings == before
+            assert any(name in str(refused) for name in changes), refused
+        else:
+            assert link.settings == labkit.net._validated(before, changes)  # every change, and only those
+            for name, value in changes.items():
+                assert getattr(link.settings, name) in (value, (value, value), tuple(value) if isinstance(
+                    value, tuple) else None)
+            link.configure(**{f.name: f.default for f in labkit.net.dataclasses.fields(labkit.net.Settings)
+                              if f.name != "down"})
+
+    check()

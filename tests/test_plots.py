@@ -7,12 +7,13 @@ import time
 
 import pytest
 import requests
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 import labkit
 from labkit import plots
 from labkit.apps.hello import create_app
-from labkit.plots import BLACK, BLUE, ORANGE
+from labkit.plots import BLACK, BLUE, ORANGE, PURPLE
 from labkit.tracing import Trace
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +87,7 @@ def test_sequence_draws_lanes_arrows_crosses_and_a_timeout(traffic):
     for label in ("GET /hello", "GET /nope", "GET /", "200", "404", "timeout", "refused"):
         assert label in labels
     assert legend_texts(fig) == ["2xx/3xx answer", "4xx answer", "no answer",
-                                 "lost or refused", "waiting until timeout"]
+                                 "lost / refused", "waiting until timeout"]
     colours = {tuple(c) for c in gid(fig, "messages").get_colors()}
     from matplotlib.colors import to_rgba
     assert {to_rgba(BLUE), to_rgba(ORANGE), to_rgba(BLACK)} == colours
@@ -201,3 +202,50 @@ def test_ipython_shows_a_figure_as_png_with_its_size_as_text():
         assert data["image/png"].startswith(PNG)
     finally:
         InteractiveShell.clear_instance()
+
+
+def messages(fig):
+    """The message segments as ((x0, y0), (x1, y1)), in lanes and seconds."""
+    return [tuple(map(tuple, s)) for s in gid(fig, "messages").get_segments()]
+
+
+def test_a_lost_request_points_at_its_target_with_the_delay_it_would_have_had(lab):
+    hello = lab.serve(create_app(), name="greeter")
+    link = lab.link(hello, latency_ms=200, drop=(1, 0))
+    alice = lab.client("alice", timeout=0.4)
+    with pytest.raises(requests.Timeout):
+        alice.get(link.url + "/hello")
+    fig = plots.sequence(lab.trace)
+    [((x0, y0), (x1, y1))] = messages(fig)
+    assert (x0, x1) == (0, 0.5) and y1 - y0 == pytest.approx(0.1, abs=0.03)  # half-way, at half its 200 ms
+    assert [tuple(c) for c in gid(fig, "crosses").get_offsets()] == [(0.5, pytest.approx(y1))]
+    assert legend_texts(fig) == ["no answer", "lost", "waiting until timeout"]
+
+
+def test_a_stopped_servers_lane_says_so(lab):
+    hello = lab.serve(create_app(), name="greeter")
+    alice = lab.client("alice", timeout=2)
+    alice.get(hello.url + "/hello")
+    assert [t.get_text() for t in plots.sequence(lab.trace).axes[0].get_xticklabels()] == ["alice", "greeter"]
+    hello.stop()
+    assert [t.get_text() for t in plots.sequence(lab.trace).axes[0].get_xticklabels()] == ["alice", "greeter\n(stopped)"]
+
+
+def test_a_copy_and_a_link_answer_are_drawn_where_the_link_is(lab):
+    hello = lab.serve(create_app(), name="greeter")
+    link = lab.link(hello, latency_ms=20, duplicate=1)
+    alice = lab.client("alice", timeout=2)
+    assert alice.get(link.url + "/hello").status_code == 200
+    deadline = time.monotonic() + 2
+    while len(lab.trace.filter(kind="reply")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the copy's answer comes after the caller's
+    link.configure(duplicate=0, error_rate=1, error_status=503)
+    assert alice.get(link.url + "/hello").status_code == 503
+    fig = plots.sequence(lab.trace)
+    colours = [tuple(c) for c in gid(fig, "messages").get_colors()]
+    copies = [m for m, c in zip(messages(fig), colours) if c == to_rgba(PURPLE)]
+    assert [(x0, x1) for (x0, _), (x1, _) in copies] == [(0.5, 1), (1, 0.5)]  # from the link and back to it
+    assert [tuple(p)[0] for p in gid(fig, "link answers").get_offsets()] == [0.5]
+    assert {"copy sent by the link", "answered by the link"} <= set(legend_texts(fig))
+    [copy] = [x for x in plots._exchanges(lab.trace.events())[0] if x.copy]
+    assert copy.fault == "a copy the link sent; the link discarded its answer"

@@ -45,12 +45,21 @@ def wait_for(predicate, timeout=3.0):
 
 
 def test_the_panel_starts_from_the_link_settings(stack, hello):
-    link = link_to(stack, hello, latency_ms=(30, 40), jitter_ms=5, drop=0.25, reset=0.5)
+    link = link_to(stack, hello, latency_ms=(30, 40), jitter_ms=5, drop=(0.25, 0), reset=(0, 0.5), duplicate=0.1,
+                   error_rate=0.2, error_status=429, retry_after_s=3, late_rate=0.3, late_ms=700,
+                   bytes_per_s=(0, 5000))
     panel = widgets.control_panel(link)
     assert (panel.latency_request.value, panel.latency_response.value) == (30, 40)
-    assert (panel.jitter.value, panel.drop.value, panel.reset.value, panel.down.value) == (5, 0.25, 0.5, False)
+    assert (panel.jitter.value, panel.drop_request.value, panel.drop_response.value) == (5, 0.25, 0)
+    assert (panel.reset_request.value, panel.reset_response.value, panel.down.value) == (0, 0.5, False)
+    assert (panel.duplicate.value, panel.error_rate.value, panel.error_status.value) == (0.1, 0.2, 429)
+    assert (panel.retry_after_s.value, panel.late_rate.value, panel.late_ms.value) == (3, 0.3, 700)
+    assert (panel.bytes_request.value, panel.bytes_response.value, panel.fail_first.value) == (0, 5000, 0)
     assert "hello" in panel.children[0].value
-    assert all(not getattr(c, "continuous_update", False) for c in panel.children)
+    controls = [c for tab in panel.tabs.children for c in tab.children]
+    assert len(controls) == len(widgets._CONTROLS) and all(not getattr(c, "continuous_update", False) for c in controls)
+    settings = {setting for _, setting, _, _, _ in widgets._CONTROLS} | {"down"}
+    assert settings == {f.name for f in labkit.net.dataclasses.fields(labkit.net.Settings)}  # every setting has one
     assert repr(panel) == "<ControlPanel for the link to 'hello'>"
 
 
@@ -65,9 +74,12 @@ def test_moving_a_slider_changes_the_link_live(stack, hello, alice):
     assert time.perf_counter() - started >= 0.2
 
     panel.jitter.value = 25
-    panel.drop.value = 0.5
-    panel.reset.value = 0.1
-    assert (link.settings.jitter_ms, link.settings.drop, link.settings.reset) == ((25, 25), (0.5, 0.5), 0.1)
+    panel.drop_response.value = 0.5
+    panel.reset_request.value = 0.1
+    panel.error_status.value = 502
+    panel.fail_first.value = 1
+    assert (link.settings.jitter_ms, link.settings.drop, link.settings.reset) == ((25, 25), (0, 0.5), (0.1, 0))
+    assert (link.settings.error_status, link.settings.fail_first) == (502, 1)
     assert panel.message.value == ""
 
 
@@ -85,13 +97,13 @@ def test_the_down_toggle_refuses_callers(stack, hello, alice):
 def test_a_rejected_value_leaves_the_link_alone_and_says_why(stack, hello):
     link = link_to(stack, hello, drop=0.1)
     panel = widgets.control_panel(link)
-    panel.drop.max = 2
-    panel.drop.value = 1.5
+    panel.drop_request.max = 2
+    panel.drop_request.value = 1.5
     assert link.settings.drop == (0.1, 0.1)
-    assert "probability between 0 and 1" in panel.message.value
-    assert panel.drop.value == 0.1              # the control shows what the link does
-    panel.drop.value = 0.2                      # a good value clears the message
-    assert link.settings.drop == (0.2, 0.2) and panel.message.value == ""
+    assert "probability from 0 to 1" in panel.message.value
+    assert panel.drop_request.value == 0.1      # the control shows what the link does
+    panel.drop_request.value = 0.2              # a good value clears the message
+    assert link.settings.drop == (0.2, 0.1) and panel.message.value == ""
 
     link.close()
     panel.latency_request.value = 100
@@ -111,16 +123,26 @@ def live_threads():
     return [t for t in threading.enumerate() if t.name == "labkit-live-sequence"]
 
 
-def test_live_sequence_redraws_as_the_trace_grows_and_stops_cleanly(stack, hello, alice, capsys):
+def test_live_sequence_sends_only_what_changed_and_stops_cleanly(stack, hello, alice, capsys):
     live = widgets.live_sequence(labkit.trace, interval=0.05)
     stack.callback(live.stop)
-    assert bytes(live.value).startswith(b"\x89PNG") and len(live_threads()) == 1
-    first = live.value
+    sent = []
+    live.send = sent.append  # what the browser would get
+    assert len(live_threads()) == 1
     alice.get(hello.url + "/hello")
-    assert wait_for(lambda: live.value != first), "the diagram was not redrawn"
-    second = live.value
+    assert wait_for(lambda: sent), "the diagram got no update"
+    [update] = sent
+    assert update["type"] == "update" and update["lanes"] == ["alice", "hello"] and update["drop"] == []
+    [exchange] = update["exchanges"]
+    assert exchange["details"]["request"] == "GET /hello" and exchange["details"]["status"] == 200
+    assert [a["label"] for a in exchange["arrows"]] == ["GET /hello", "200"]
     time.sleep(0.2)
-    assert live.value == second                 # nothing new, nothing redrawn
+    assert len(sent) == 1                       # nothing new, nothing sent
+    alice.get(hello.url + "/hello")
+    assert wait_for(lambda: len(sent) == 2)
+    assert [x["id"] for x in sent[1]["exchanges"]] == [exchange["id"] + 1]  # only the new exchange
+    live._on_message(live, {"type": "ready"}, [])  # a new view gets everything so far
+    assert sent[-1]["type"] == "snapshot" and len(sent[-1]["exchanges"]) == 2
 
     live.stop()
     live.stop()                                 # stopping twice is fine
@@ -129,8 +151,36 @@ def test_live_sequence_redraws_as_the_trace_grows_and_stops_cleanly(stack, hello
     assert capsys.readouterr() == ("", "")
 
 
+def test_live_sequence_keeps_the_newest_exchanges_only(stack, hello, alice):
+    live = widgets.live_sequence(labkit.trace, interval=10, max_exchanges=3)
+    stack.callback(live.stop)
+    sent = []
+    live.send = sent.append
+    for _ in range(5):
+        alice.get(hello.url + "/hello")
+    live.update()
+    assert live.exchanges == 3 and sent[-1]["drop"] == [0, 1]
+    labkit.trace.clear()                         # a cleared trace starts the diagram again
+    alice.get(hello.url + "/hello")
+    live.update()
+    assert sent[-2]["type"] == "snapshot" and sent[-2]["exchanges"] == [] and live.exchanges == 1
+
+
+def test_live_sequence_names_a_stopped_server(stack, alice):
+    gone = labkit.serve(create_app(), name="gone")
+    url = gone.url
+    alice.get(url + "/hello")
+    gone.stop()
+    live = widgets.live_sequence(labkit.trace, interval=10)
+    stack.callback(live.stop)
+    sent = []
+    live.send = sent.append
+    live.update()
+    assert sent[-1]["states"] == {"gone": "stopped"}
+
+
 def test_live_sequence_is_a_context_manager_and_stops_when_closed(stack):
-    with widgets.live_sequence(labkit.trace, interval=0.05, max_events=10) as live:
+    with widgets.live_sequence(labkit.trace, interval=0.05, max_exchanges=10) as live:
         assert live_threads()
     assert live_threads() == []
     live = widgets.live_sequence(labkit.trace, interval=0.05)
@@ -138,6 +188,64 @@ def test_live_sequence_is_a_context_manager_and_stops_when_closed(stack):
     assert live_threads() == []
     with pytest.raises(ValueError, match="interval"):
         widgets.live_sequence(labkit.trace, interval=0)
+    with pytest.raises(ValueError, match="max_exchanges"):
+        widgets.live_sequence(labkit.trace, max_exchanges=0)
+
+
+def test_an_experiment_runs_from_its_controls_and_keeps_its_runs():
+    seen = []
+
+    def double(n, fast, mode, progress):
+        seen.append((n, fast, mode))
+        progress(1, 2)
+        return {"twice": 2 * n}
+
+    panel = labkit.experiment(double, {"n": (1, 10, 1, 3), "fast": True, "mode": ["a", "b"]}, title="double",
+                              plot=lambda runs: labkit.plots.throughput_curve([r["n"] for r in runs],
+                                                                              [r["twice"] for r in runs]))
+    assert repr(panel) == "<Experiment 'double': n, fast, mode; 0 runs kept>"
+    assert panel.values == {"n": 3, "fast": True, "mode": "a"}
+    panel.controls["n"].value = 5
+    panel.button.click()                        # what the Run button does
+    assert panel.run(n=7, mode="b") == {"twice": 14}
+    assert seen == [(5, True, "a"), (7, True, "b")]
+    assert panel.results == [{"n": 5, "fast": True, "mode": "a", "twice": 10}, {"n": 7, "fast": True, "mode": "b",
+                                                                                 "twice": 14}]
+    assert panel.table.value.count("<tr>") == 3 and bytes(panel.figure.value).startswith(b"\x89PNG")
+    assert repr(panel) == "<Experiment 'double': n, fast, mode; 2 runs kept>"
+    panel.keep.value = False
+    panel.run()
+    assert len(panel.results) == 1
+    panel.clear_button.click()
+    assert panel.results == [] and panel.table.value == ""
+    with pytest.raises(TypeError, match="no control 'm'"):
+        panel.run(m=1)
+    with pytest.raises(TypeError, match="must be"):
+        labkit.experiment(double, {"n": "lots"})
+    with pytest.raises(TypeError, match="dict"):
+        labkit.experiment(lambda n: 3, {"n": (1, 2, 1)}).run()
+
+
+def test_a_failing_run_says_so_and_keeps_nothing():
+    panel = labkit.experiment(lambda n: 1 / 0, {"n": (1, 2, 1)})
+    with pytest.raises(ZeroDivisionError):
+        panel.run()
+    assert panel.results == [] and "ZeroDivisionError" in panel.status.value and not panel.button.disabled
+
+
+def test_a_prediction_is_remembered_and_explained():
+    question = labkit.predict("How long?", ["0.1 s", "1 s"], "1 s", "ten round trips of 100 ms")
+    assert repr(question) == "<Predict: How long?>" and question.choice is None and question.button.disabled
+    question.options.value = "0.1 s"
+    assert not question.button.disabled
+    question.button.click()
+    assert question.choice == "0.1 s" and question.correct is False
+    assert "the answer is 1 s" in question.explanation.value and "ten round trips" in question.explanation.value
+    question.options.value = "1 s"
+    question.reveal()
+    assert question.correct and "Right." in question.explanation.value
+    with pytest.raises(ValueError):
+        labkit.predict("?", ["a"], "b", "")
 
 
 def test_progress_outside_a_notebook_just_yields():

@@ -26,6 +26,8 @@ import_ratio               ``import labkit`` against ``import flask, requests``
 serve_ready_ms             labkit.serve(app) until it accepts
 serve_stop_ms              server.stop()
 sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
+live_sequence_cpu_pct      the kernel's CPU a live sequence diagram takes to follow 200 events/s
+                           (traffic with the widget minus the same traffic without it)
 kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
 gossip_rounds_ratio        rounds until news written at one of 8 peers reaches all, against
                            log2 N + ln N, the rounds push-only rumour spreading needs

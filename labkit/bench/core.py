@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,11 @@ import time
 from pathlib import Path
 
 from .tools import CPUS, ROOT, Plan, alternate, entry, measures, median, not_measured, percentile, timed
+
+def _env() -> dict:
+    """The environment of a process this benchmark starts: it imports labkit from this checkout."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
 
 #: At most this many submissions are graded with ``--jobs 1``.
 SERIAL_SUBMISSIONS = 4
@@ -256,7 +262,7 @@ _IMPORT_SNIPPET = "import time; t = time.perf_counter(); import {}; print(time.p
 @measures(("import_ratio", "<=", 1.4, "x"))
 def bench_import(plan: Plan, keys: set) -> dict:
     """import_ratio: a fresh interpreter importing labkit against flask + requests."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = _env()
     env.pop("PYTHONDONTWRITEBYTECODE", None)
 
     def import_time(modules):
@@ -403,6 +409,87 @@ def bench_sequence(plan: Plan, keys: set) -> dict:
         f"importing matplotlib and labkit.plots took {import_s:.2f} s more, not counted")}
 
 
+# Run in a real ipykernel: a thread records one exchange (4 events) every 20 ms, 200 events
+# a second, for ``round_s`` seconds; with the widget on, a LiveSequence follows the trace and
+# sends its updates on the kernel's comm (no browser is needed for the kernel's side of it).
+_LIVE_ROUNDS = """
+import json, threading, time
+import labkit
+from labkit.widgets import LiveSequence
+
+def traffic(trace, seconds):
+    start, n = time.perf_counter(), 0
+    while (due := start + n * 0.02) < start + seconds:
+        time.sleep(max(0.0, due - time.perf_counter()))
+        tid, sid = f"{n:032x}", f"{n:016x}"
+        for kind, src, dst in (("send", "alice", "hello"), ("receive", "alice", "hello"),
+                               ("reply", "hello", "alice"), ("response", "hello", "alice")):
+            trace.record(kind, src, dst, trace_id=tid, span_id=sid, method="GET", path="/hello",
+                         status=None if kind in ("send", "receive") else 200)
+        n += 1
+    return n
+
+def side(live, seconds):
+    trace = labkit.Trace(max_events=20_000)
+    widget = LiveSequence(trace, max_exchanges=300) if live else None
+    cpu, wall = time.process_time(), time.perf_counter()
+    sent = traffic(trace, seconds)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    lag = 0.0
+    if widget is not None:
+        lag = trace.events()[-1].t - widget._latest  # how far behind the newest event it was
+        widget.close()
+    return {"cpu": cpu, "wall": wall, "events": 4 * sent, "lag": lag,
+            "held": widget.exchanges if widget is not None else 0}
+
+rounds = []
+for i in range(ROUNDS):
+    order = (False, True) if i % 2 == 0 else (True, False)
+    rounds.append({str(live): side(live, ROUND_S) for live in order})
+print(json.dumps(rounds))
+"""
+
+
+@measures(("live_sequence_cpu_pct", "<=", 10.0, "%"))
+def bench_live_sequence(plan: Plan, keys: set) -> dict:
+    """live_sequence_cpu_pct: the kernel's CPU a live sequence diagram uses at 200 events per second."""
+    key = "live_sequence_cpu_pct"
+    try:
+        from jupyter_client.manager import start_new_kernel
+    except ImportError as exc:
+        return {key: not_measured(key, f"jupyter_client is not installed ({exc})")}
+    rounds, round_s = plan(6, 2), plan(10, 3)
+    env = _env()
+    printed: list[str] = []
+
+    def collect(message):
+        if message["msg_type"] == "stream" and message["content"]["name"] == "stdout":
+            printed.append(message["content"]["text"])
+
+    manager, kernel = start_new_kernel(kernel_name="python3", env=env, cwd=str(ROOT),
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        code = _LIVE_ROUNDS.replace("ROUNDS", str(rounds)).replace("ROUND_S", str(round_s))
+        reply = kernel.execute_interactive(code, timeout=rounds * round_s * 2 + 60, output_hook=collect)
+    finally:
+        kernel.stop_channels()
+        manager.shutdown_kernel(now=True)
+    if reply["content"]["status"] != "ok":
+        return {key: not_measured(key, f"the kernel raised {reply['content'].get('ename')}")}
+    measured = json.loads("".join(printed))
+    extra = [(r["True"]["cpu"] - r["False"]["cpu"]) / r["True"]["wall"] * 100 for r in measured]
+    base = [r["False"]["cpu"] / r["False"]["wall"] * 100 for r in measured]
+    rate = median([r["True"]["events"] / r["True"]["wall"] for r in measured])
+    lag = max(r["True"]["lag"] for r in measured)
+    held = max(r["True"]["held"] for r in measured)
+    return {key: entry(
+        key, median(extra), median(base),
+        f"kernel CPU with a LiveSequence following {rate:.0f} events/s minus the same traffic without it, "
+        f"over wall time; median of {len(extra)} alternating rounds of {round_s} s ({rounds * round_s} s with "
+        f"the widget); at most {lag:.2f} s behind the newest event, {held} exchanges held (max 300); "
+        f"baseline = CPU % of the traffic alone")}
+
+
 _FALLBACK_CELLS = [
     "import labkit\nfrom labkit.apps import create\nlog = labkit.Trace()",
     "hello = labkit.serve(create('hello'), name='hello', trace=log)\n"
@@ -435,7 +522,7 @@ def bench_kernel(plan: Plan, keys: set) -> dict:
         if not (ROOT / "labkit" / "plots.py").exists():
             notebook.cells = [c for c in notebook.cells if "sequence" not in c.source]
             label += " (without the plot: labkit/plots.py does not exist yet)"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = _env()
     client = NotebookClient(notebook, timeout=plan(120, 60), kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(cwd)}})
     started = time.perf_counter()
