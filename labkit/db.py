@@ -14,14 +14,16 @@ never read the same row and then both write it; reads take it too), and a writer
 waits up to ``busy_timeout_ms`` for the lock instead of failing at once.
 
 A transaction a service runs while it serves a request is in the trace: "begin" (on
-SQLite with how long it waited for the lock), then "commit" or "rollback" (detail
-"read only" when it wrote nothing), from the service to the database's ``name``.
+SQLite with how long it waited for the lock, or how long before it gave up), then
+"commit" or "rollback" (detail "read only" when none of its statements wrote: no INSERT,
+UPDATE, DELETE, MERGE or DDL), from the service to the database's ``name``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -127,16 +129,21 @@ def _transactions(engine, name: str, *, sqlite: bool) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection):
         connection.info["labkit_wrote"] = False
-        waited = 0.0
-        if sqlite:
-            started = time.perf_counter()
+        if not sqlite:
+            _record("begin", name, "")
+            return
+        started, got = time.perf_counter(), False
+        try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-            waited = time.perf_counter() - started
-        _record("begin", name, f"waited {waited * 1000:.0f} ms for the lock" if waited >= 0.001 else "")
+            got = True
+        finally:
+            waited = (time.perf_counter() - started) * 1000
+            _record("begin", name, f"waited {waited:.0f} ms for the lock" if got and waited >= 1 else
+                    "" if got else f"gave up after {waited:.0f} ms waiting for the lock")
 
     @event.listens_for(engine, "before_cursor_execute")
     def _statement(connection, _cursor, statement, *_):
-        if statement.lstrip()[:6].upper() not in ("SELECT", "PRAGMA", "BEGIN "):
+        if _WRITES.search(statement):
             connection.info["labkit_wrote"] = True
 
     @event.listens_for(engine, "commit")
@@ -146,6 +153,11 @@ def _transactions(engine, name: str, *, sqlite: bool) -> None:
     @event.listens_for(engine, "rollback")
     def _rollback(connection):
         _record("rollback", name, "" if connection.info.pop("labkit_wrote", True) else "read only")
+
+
+#: A statement that changes the database (anywhere in it: a WITH ... INSERT writes too).
+_WRITES = re.compile(r"\b(INSERT\s+INTO|UPDATE\s+\S+\s+SET|DELETE\s+FROM|MERGE\s+INTO|REPLACE\s+INTO|CREATE|DROP|ALTER"
+                     r"|TRUNCATE)\b", re.IGNORECASE)
 
 
 def _record(kind: str, database: str, detail: str) -> None:

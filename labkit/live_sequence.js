@@ -7,10 +7,17 @@
 // hide it; drag the time slider to look back.
 
 const COLOURS = { ok: "#0072B2", client: "#E69F00", server: "#D55E00", failed: "#000000", pending: "#999999" };
+// What each kind of thing an exchange shows looks like in the legend, in the PNG legend's order
+// (labkit.plots._legend): only the kinds the diagram holds now are listed.
 const LEGEND = [
-  ["line", "#0072B2", "2xx/3xx answer"], ["line", "#E69F00", "4xx answer"], ["line", "#D55E00", "5xx answer"],
-  ["line", "#000000", "no answer"], ["dots", "#999999", "in flight"], ["cross", "#000000", "lost / reset / refused"],
-  ["dash", "#000000", "waiting until timeout"], ["text", "#D55E00", "503 (link): answered by the network"],
+  ["ok", "━", "#0072B2", "2xx/3xx answer"], ["client", "━", "#E69F00", "4xx answer"],
+  ["server", "━", "#D55E00", "5xx answer"], ["failed", "━", "#000000", "no answer"],
+  ["pending", "┄", "#999999", "in flight"], ["lost", "✕", "#000000", "lost"], ["reset", "✕", "#000000", "reset"],
+  ["refused", "✕", "#000000", "refused"], ["answered", "◆", "#000000", "answered by the link"],
+  ["copy", "━", "#CC79A7", "copy sent by the link"], ["timeout", "╌", "#000000", "waiting until timeout"],
+  ["transaction committed", "█", "#009E73", "transaction committed"],
+  ["transaction rolled back", "█", "#D55E00", "transaction rolled back"],
+  ["lock wait", "┄", "#999999", "waiting for the lock"],
 ];
 const NS = "http://www.w3.org/2000/svg";
 const HEIGHT = 420, TOP = 46, LEFT = 52, RIGHT = 16;
@@ -73,12 +80,17 @@ function render({ model, el }) {
 
   const legend = html("div", { class: "labkit-live-legend" }, root);
   legend.style.cssText = "display: flex; flex-wrap: wrap; gap: 0.3em 1.2em; margin-top: 4px; color: #333;";
-  for (const [shape, colour, text] of LEGEND) {
-    const item = html("span", {}, legend);
-    const mark = html("span", {}, item, shape === "cross" ? "✕" : shape === "text" ? "503" : shape === "dots" ? "┄" :
-      shape === "dash" ? "╌" : "━");
-    mark.style.cssText = `color: ${colour}; margin-right: 0.3em; font-weight: bold;`;
-    item.appendChild(document.createTextNode(text));
+  function drawLegend() {
+    const shown = new Set();
+    for (const x of exchanges.values()) for (const kind of x.kinds || []) shown.add(kind);
+    legend.replaceChildren();
+    for (const [kind, symbol, colour, text] of LEGEND) {
+      if (!shown.has(kind)) continue;
+      const item = html("span", { "data-kind": kind }, legend);
+      const mark = html("span", {}, item, symbol);
+      mark.style.cssText = `color: ${colour}; margin-right: 0.3em; font-weight: bold;`;
+      item.appendChild(document.createTextNode(text));
+    }
   }
   const tip = html("div", { class: "labkit-live-tip" }, root);
   tip.style.cssText = "position: absolute; display: none; background: #fffff6; border: 1px solid #999; " +
@@ -227,7 +239,7 @@ function render({ model, el }) {
       JSON.stringify(message.states) !== JSON.stringify(states);
     lanes = message.lanes;
     states = message.states;
-    latest = Math.max(latest, message.now || 0);
+    latest = message.type === "snapshot" ? message.now || 0 : Math.max(latest, message.now || 0);
     for (const id of message.drop || []) {
       exchanges.delete(id);
       const g = drawn.get(id);
@@ -236,13 +248,25 @@ function render({ model, el }) {
     for (const x of message.exchanges) exchanges.set(x.id, x);
     if (message.type === "snapshot" || newLanes) redrawAll();
     else { for (const x of message.exchanges) drawOne(x); scroll(); }
+    drawLegend();
     counter.textContent = `${exchanges.size} exchanges`;
     el.dataset.exchanges = String(exchanges.size);
   });
-  windowSlider.oninput = () => { windowLabel.textContent = `${windowSlider.value} s`; redrawAll(); };
+  windowSlider.oninput = () => {
+    windowLabel.textContent = `${windowSlider.value} s`;
+    model.set("window_s", Number(windowSlider.value));
+    model.save_changes();
+    redrawAll();
+  };
   scrub.oninput = () => { follow = false; live.checked = false; scroll(); };
   live.onchange = () => { follow = live.checked; if (follow) scrub.value = "1000"; scroll(); };
   model.on("change:title", () => { title.textContent = model.get("title"); });
+  model.on("change:window_s", () => {
+    windowSlider.value = String(model.get("window_s"));
+    windowLabel.textContent = `${windowSlider.value} s`;
+    redrawAll();
+  });
+  model.on("change:hidden", () => redrawAll());
   new ResizeObserver(() => redrawAll()).observe(picture);
   model.send({ type: "ready" });
 }

@@ -169,9 +169,13 @@ _PAIRS = ("latency_ms", "jitter_ms", "bytes_per_s", "drop", "reset")
 
 def _number(name: str, value) -> float:
     what, low, high = _RULES[name]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or not low <= value <= high or (what.startswith("whole") and value != int(value)):
-        raise Invalid(f"{name} is a {what} from {low} to {high:g}, not {value!r}")
+    try:
+        good = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) \
+            and low <= value <= high and (not what.startswith("whole") or value == int(value))
+    except OverflowError:  # an int too big for a float
+        good = False
+    if not good:
+        raise Invalid(f"{name} is a {what} from {low} to {high:g}, not {value!r:.40}")
     return int(value) if what.startswith("whole") else float(value)
 
 
@@ -187,8 +191,8 @@ def _validated(current: Settings, changes: dict) -> Settings:
         elif name in _RULES:
             fields[name] = _number(name, value)
         elif name == "error_status":
-            if isinstance(value, bool) or value not in STATUSES:
-                raise Invalid(f"error_status is one of {', '.join(map(str, STATUSES))}, not {value!r}")
+            if type(value) is not int or value not in STATUSES:  # 503.0 would write "HTTP/1.1 503.0"
+                raise Invalid(f"error_status is one of {', '.join(map(str, STATUSES))}, not {value!r:.40}")
             fields[name] = value
         elif name == "down":
             if not isinstance(value, bool):
@@ -399,7 +403,7 @@ class _Pipe:
         again = _SPAN.sub(lambda m: m.group(1) + span.encode() + m.group(2), request, count=1)
         loop = asyncio.get_running_loop()
         due = self.queues[REQUEST][-1][0] if self.queues[REQUEST] else loop.time() + self.delay
-        loop.call_at(due, lambda: loop.create_task(self.link._send_duplicate(again)))
+        self.link._copies.add(loop.call_at(due, self.link._send_copy, again))
         self.link.trace.record("duplicated", *self._ends(REQUEST), trace_id=self.trace_id, span_id=span,
                                detail=f"copy of span {self.span_id}")
 
@@ -573,6 +577,7 @@ class Link:
         self._rng = random.Random(seed)
         self._pipes: set[_Pipe] = set()
         self._extras: set[_Discard] = set()  # connections of duplicated requests
+        self._copies: set[asyncio.TimerHandle] = set()  # duplicated requests waiting for their time
         self._first = 0                      # requests since fail_first was set
         self.cut: list[str | None] = [None, None]  # per direction: set by a Network ("blackhole" or "reject")
         self._listener: asyncio.base_events.Server | None = None
@@ -653,6 +658,18 @@ class Link:
                 return True
             return False
 
+    def _send_copy(self, request: bytes) -> None:
+        self._copies = {handle for handle in self._copies if not handle.cancelled() and handle.when() > self._loop.time()}
+        self._loop.create_task(self._send_duplicate(request))
+
+    def _drop_copies(self) -> None:
+        """Forget the duplicated requests not sent yet, and break those on their way (the link is down or closed)."""
+        for handle in self._copies:
+            handle.cancel()
+        self._copies.clear()
+        for extra in list(self._extras):
+            extra.close()
+
     async def _send_duplicate(self, request: bytes) -> None:
         try:
             await self._loop.create_connection(lambda: _Discard(self, request), *self.target)
@@ -673,6 +690,7 @@ class Link:
 
     async def _go_down(self) -> None:
         self._listener.close()
+        self._drop_copies()
         for pipe in list(self._pipes):
             pipe.abort()
         await self._listener.wait_closed()
@@ -704,8 +722,7 @@ class Link:
         pipes = list(self._pipes)
         for pipe in pipes:
             pipe.close()
-        for extra in list(self._extras):
-            extra.close()
+        self._drop_copies()
         try:
             # Python 3.12+ waits here for every accepted connection to finish closing;
             # one whose peer reads nothing could keep it waiting forever.
@@ -777,7 +794,10 @@ class Network:
         return link
 
     def partition(self, *groups, kind: str = "blackhole") -> None:
-        """Split the named nodes into groups; messages between different groups are cut, both ways."""
+        """Split the named nodes into groups; messages between different groups are cut, both ways.
+
+        The names are those the network's links are made with (``link(src, ...)``), and
+        the partition replaces every earlier partition and cut."""
         sets = [set(g) for g in groups]
         if len(sets) < 2:
             raise Invalid("a partition needs at least two groups of node names")

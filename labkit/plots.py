@@ -25,6 +25,7 @@ import dataclasses
 import io
 import itertools
 import math
+import re
 import sys
 
 import numpy as np
@@ -83,6 +84,7 @@ class _Exchange:
     lost_kind: str = ""
     lost_delay: float = 0.0             # the seconds a lost message would have taken
     reset: float | None = None          # a link reset the connection here
+    reset_by: str = ""                  # "the link", or "a partition" that rejects
     answered: float | None = None       # a link answered here, in the service's place
     copy: bool = False                  # a second copy of a request, sent by a link; its answer is discarded
 
@@ -108,7 +110,8 @@ class _Exchange:
         if self.answered is not None:
             return f"answered {self.status} by the link"
         if self.reset is not None:
-            return "reset on the way back" if self.receive is not None else "reset on the way out"
+            way = "on the way back" if self.receive is not None else "on the way out"
+            return f"reset {way} by {self.reset_by}" if self.reset_by == "a partition" else f"reset {way}"
         if self.lost_request is not None:
             return f"request {self.lost_kind}"
         if self.lost_response is not None:
@@ -153,9 +156,10 @@ def _seconds(detail: str) -> float:
 class _Joiner:
     """Joins events into exchanges, one event at a time (the live diagram feeds it as they come)."""
 
-    def __init__(self):
+    def __init__(self, *, keep_orphans: bool = True):
         self.exchanges: list[_Exchange] = []
-        self.orphans: list[Event] = []
+        self.orphans: list[Event] = []       # link events no exchange claimed (kept only if keep_orphans)
+        self._keep_orphans = keep_orphans
         self._by_span: dict[tuple[str, str], _Exchange] = {}
         self._by_trace: dict[str, list[_Exchange]] = {}
         self._unkeyed: dict[tuple, list[_Exchange]] = {}  # FIFO of open exchanges without ids
@@ -180,9 +184,11 @@ class _Joiner:
             peers.remove(x)
             if not peers:
                 del self._by_trace[x.trace_id]
-        for queue in self._unkeyed.values():
+        for key, queue in list(self._unkeyed.items()):
             if x in queue:
                 queue.remove(x)
+            if not queue:
+                del self._unkeyed[key]
 
     def add(self, e: Event) -> _Exchange | _Transaction | None:
         """Join ``e``; the exchange (or transaction) it changed (None for an event that belongs to none)."""
@@ -198,9 +204,10 @@ class _Joiner:
                 return x
             x, direction = _claim(self._by_trace.get(e.trace_id, ()), e)
             if x is None:
-                self.orphans.append(e)
-            elif e.kind == "reset":
-                x.reset = e.t
+                if self._keep_orphans:
+                    self.orphans.append(e)
+            elif e.kind == "reset" or (e.kind == "partitioned" and e.detail == "rejected"):
+                x.reset, x.reset_by = e.t, "a partition" if e.kind == "partitioned" else "the link"
             elif e.kind == "answered":
                 x.answered, x.status = e.t, e.status
             elif direction == "request":
@@ -219,12 +226,15 @@ class _Joiner:
         else:
             # No ids (a browser, curl): pair the server's events first come, first served.
             side = "client" if e.kind in ("send", "response", "error") else "server"
-            queue = self._unkeyed.setdefault((side, caller, service, e.method, e.path), [])
+            key = (side, caller, service, e.method, e.path)
+            queue = self._unkeyed.get(key)
             if outbound:
                 x = self._new(e, caller, service)
-                queue.append(x)
+                self._unkeyed.setdefault(key, []).append(x)
             elif queue:
                 x = queue.pop(0)
+                if not queue:
+                    del self._unkeyed[key]
             else:
                 x = self._new(e, caller, service)
         if e.kind == "send":
@@ -244,8 +254,9 @@ class _Joiner:
     def _transaction(self, e: Event) -> _Transaction | None:
         key = ("tx", e.src, e.dst, e.trace_id, e.span_id)
         if e.kind == "begin":
+            waited = re.search(r"(\d+) ms", e.detail)
             x = _Transaction(e.src, e.dst, id=next(self._ids), trace_id=e.trace_id, span_id=e.span_id, begin=e.t,
-                             waited=_seconds(e.detail.replace("waited ", "")))
+                             waited=int(waited.group(1)) / 1000 if waited else 0.0)
             self.exchanges.append(x)
             self._unkeyed.setdefault(key, []).append(x)
             return x
@@ -253,6 +264,8 @@ class _Joiner:
         if not open_ones:
             return None
         x = open_ones.pop(0)
+        if not open_ones:
+            del self._unkeyed[key]
         x.end, x.how, x.read_only = e.t, e.kind, e.detail == "read only"
         return x
 
@@ -335,7 +348,8 @@ def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
     """Add the arrows, crosses and dashed waits of one exchange."""
     caller, service = draw.lane[x.caller], draw.lane[x.service]
     outcome = x.outcome
-    draw.outcomes.add(outcome)
+    if not x.copy:
+        draw.outcomes.add(outcome)
     colour = _OUTCOMES[outcome][0]
     middle = (caller + service) / 2
     direction = 1 if service >= caller else -1
@@ -450,7 +464,7 @@ def layout(x, lane: dict[str, int]) -> dict:
                    "back": x.end, "trace_id": x.trace_id}
     return {"id": x.id, "caller": x.caller, "service": x.service, "outcome": x.outcome, "arrows": draw.arrows,
             "pending": draw.pending, "waits": draw.waits, "crosses": draw.crosses, "marks": draw.marks,
-            "spans": draw.spans, "links": draw.links, "details": details}
+            "spans": draw.spans, "links": draw.links, "kinds": sorted(draw.outcomes), "details": details}
 
 
 # -- the sequence diagram ------------------------------------------------------

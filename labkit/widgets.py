@@ -18,6 +18,7 @@ import pathlib
 import sys
 import threading
 import time
+import weakref
 
 import anywidget
 import ipywidgets as widgets
@@ -37,7 +38,8 @@ _SLIDER = dict(continuous_update=False, style={"description_width": "8em"},
 _CONTROLS = (
     ("latency_request", "latency_ms", 0, "delay", lambda: _int("latency → (ms)", 0, 2000, 10)),
     ("latency_response", "latency_ms", 1, "delay", lambda: _int("latency ← (ms)", 0, 2000, 10)),
-    ("jitter", "jitter_ms", None, "delay", lambda: _int("jitter (ms)", 0, 500, 5)),
+    ("jitter_request", "jitter_ms", 0, "delay", lambda: _int("jitter → (ms)", 0, 500, 5)),
+    ("jitter_response", "jitter_ms", 1, "delay", lambda: _int("jitter ← (ms)", 0, 500, 5)),
     ("late_rate", "late_rate", None, "delay", lambda: _share("late answers")),
     ("late_ms", "late_ms", None, "delay", lambda: _int("late by (ms)", 0, 10_000, 100)),
     ("bytes_request", "bytes_per_s", 0, "delay", lambda: _int("line → (B/s)", 0, 1_000_000, 1000)),
@@ -51,7 +53,6 @@ _CONTROLS = (
     ("error_status", "error_status", None, "errors",
      lambda: widgets.Dropdown(options=list(STATUSES), description="status", **_WIDE)),
     ("retry_after_s", "retry_after_s", None, "errors", lambda: _int("Retry-After (s)", 0, 60, 1)),
-    ("fail_first", "fail_first", None, "errors", lambda: _int("fail the next", 0, 100, 1)),
 )
 _WIDE = dict(style={"description_width": "8em"}, layout=widgets.Layout(width="30em"))
 
@@ -69,9 +70,11 @@ class ControlPanel(widgets.VBox):
 
     Make one with :func:`control_panel`. The controls are attributes named after the
     settings, one per direction where a setting has two (``latency_request``,
-    ``latency_response``, ``drop_request``, ..., ``error_rate``, ``down``); ``message``
-    shows why a change was refused; ``refresh()`` reads the link's settings again
-    after code changed them.
+    ``latency_response``, ``drop_request``, ..., ``error_rate``, ``down``); moving one
+    changes that setting (and direction) only. ``fail_next`` and the ``arm`` button set
+    ``fail_first``: the link's own error answers for the next N requests, counted from the
+    press. ``message`` shows why a change was refused; ``refresh()`` reads the link's
+    settings again after code changed them (a slider widens to show a value beyond its end).
     """
 
     def __init__(self, link):
@@ -88,6 +91,11 @@ class ControlPanel(widgets.VBox):
         self.down = widgets.ToggleButton(description="down", tooltip="close the link: callers are refused",
                                          icon="power-off", layout=widgets.Layout(width="8em", margin="2px 0 2px 8em"))
         self.message = widgets.HTML("")
+        self.fail_next = _int("fail the next", 0, 100, 1)
+        self.arm = widgets.Button(description="arm", tooltip="the link answers the next N requests itself",
+                                  layout=widgets.Layout(width="6em", margin="2px 0 2px 8em"))
+        self.arm.on_click(lambda _: self._apply({"fail_first": self.fail_next.value}))
+        tabs["errors"].append(widgets.HBox([self.fail_next, self.arm]))
         self.tabs = widgets.Tab(children=[widgets.VBox(controls) for controls in tabs.values()])
         for number, name in enumerate(tabs):
             self.tabs.set_title(number, name)
@@ -104,9 +112,12 @@ class ControlPanel(widgets.VBox):
         try:
             for setting, direction, control in self._controls.values():
                 value = getattr(s, setting)
-                value = value[direction] if direction is not None else max(value) if isinstance(value, tuple) \
-                    else value
+                value = value[direction] if direction is not None else value
+                if isinstance(control, (widgets.IntSlider, widgets.FloatSlider)) and value > control.max:
+                    control.max = value  # show what the link does, not the end of the slider
                 control.value = round(value) if isinstance(control, widgets.IntSlider) else value
+            self.fail_next.max = max(self.fail_next.max, s.fail_first)
+            self.fail_next.value = s.fail_first
             self.down.value = s.down
         finally:
             self._syncing = False
@@ -116,11 +127,17 @@ class ControlPanel(widgets.VBox):
             return
         owner = change["owner"]
         if owner is self.down:
-            settings = {"down": change["new"]}
-        else:
-            setting = next(s for s, _, control in self._controls.values() if control is owner)
-            parts = sorted((d, c.value) for s, d, c in self._controls.values() if s == setting)
-            settings = {setting: tuple(v for _, v in parts) if len(parts) == 2 else parts[0][1]}
+            self._apply({"down": change["new"]})
+            return
+        setting, direction = next((s, d) for s, d, control in self._controls.values() if control is owner)
+        value = change["new"]
+        if direction is not None:  # this direction only: the other keeps what the link has
+            pair = list(getattr(self.link.settings, setting))
+            pair[direction] = value
+            value = tuple(pair)
+        self._apply({setting: value})
+
+    def _apply(self, settings: dict) -> None:
         try:
             self.link.configure(**settings)
         except (ValueError, TypeError, LabkitError) as exc:
@@ -186,11 +203,16 @@ class Experiment(widgets.VBox):
 
     def run(self, **overrides) -> dict:
         """Run once with the controls' values (and ``overrides``); the result, also kept in ``results``."""
-        parameters = {**self.values, **overrides}
         for name, value in overrides.items():
             if name not in self.controls:
                 raise TypeError(f"the experiment has no control {name!r}; its controls are {', '.join(self.controls)}")
+            control = self.controls[name]
+            low, high = getattr(control, "min", None), getattr(control, "max", None)
+            if low is not None and not low <= value <= high:
+                raise ValueError(f"{name} is from {low} to {high} on its control, not {value!r}")
+        for name, value in overrides.items():
             self.controls[name].value = value
+        parameters = self.values
         self.button.disabled = True
         self.bar.value, self.bar.layout.visibility = 0, "visible"
         self.status.value = "running..."
@@ -203,8 +225,15 @@ class Experiment(widgets.VBox):
         finally:
             self.button.disabled = False
             self.bar.layout.visibility = "hidden"
+        problem = None
         if not isinstance(result, dict):
-            raise TypeError(f"run must return a dict of results, such as {{'seconds': 1.2}}, not {result!r}")
+            problem = TypeError(f"run must return a dict of results, such as {{'seconds': 1.2}}, not {result!r:.80}")
+        elif set(result) & set(parameters):
+            problem = ValueError(f"the result names {sorted(set(result) & set(parameters))}, which are controls too; "
+                                 f"give the results other names")
+        if problem is not None:
+            self.status.value = f'<span style="color:#D55E00">{html.escape(str(problem))}</span>'
+            raise problem
         if not self.keep.value:
             self.results.clear()
         self.results.append({**parameters, **result})
@@ -242,7 +271,8 @@ class Experiment(widgets.VBox):
 
     def __repr__(self) -> str:
         title = f" {self.title!r}" if self.title else ""
-        return f"<Experiment{title}: {', '.join(self.controls)}; {len(self.results)} runs kept>"
+        runs = len(self.results)
+        return f"<Experiment{title}: {', '.join(self.controls)}; {runs} run{'s' if runs != 1 else ''} kept>"
 
 
 def _control(name: str, spec):
@@ -348,9 +378,12 @@ class LiveSequence(anywidget.AnyWidget):
     every ``interval`` seconds, joins them into exchanges with the layout the PNG
     diagrams use (:func:`labkit.plots.layout`), and sends only the exchanges that
     changed; the browser draws each once and scrolls. It keeps the newest
-    ``max_exchanges``. Hover or click a message for its details, tick lanes off,
-    drag the time slider back. ``stop()`` (or leaving a ``with`` block, or closing the
-    widget) ends the thread after a last update; stopping twice does nothing.
+    ``max_exchanges``, and draws database transactions as ``labkit.sequence`` does
+    (``transactions``: "writes", "all" or "none"); link events that belong to no exchange
+    are left out. Hover or click a message for its details, tick lanes off, drag the
+    time slider back. ``stop()`` (or leaving a ``with`` block, or closing the widget)
+    ends the thread after a last update; stopping twice does nothing. A new live
+    diagram of the same trace stops the one before (a cell run again leaves no thread).
     """
 
     _esm = pathlib.Path(__file__).with_name("live_sequence.js")
@@ -358,24 +391,33 @@ class LiveSequence(anywidget.AnyWidget):
     window_s = traitlets.Float(10.0).tag(sync=True)
     hidden = traitlets.List(traitlets.Unicode()).tag(sync=True)   # the lanes the student ticked off
 
+    _following: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # trace -> its live diagram
+
     def __init__(self, trace, *, interval: float = 0.2, max_exchanges: int = 300, window_s: float = 10.0,
-                 nodes=(), title: str = ""):
+                 nodes=(), title: str = "", transactions: str = "writes"):
+        if transactions not in ("writes", "all", "none"):
+            raise ValueError(f'transactions is "writes", "all" or "none", not {transactions!r}')
         if not interval > 0:
             raise ValueError(f"interval is the seconds between updates and must be positive, not {interval!r}")
         if isinstance(max_exchanges, bool) or not isinstance(max_exchanges, int) or max_exchanges < 1:
             raise ValueError(f"max_exchanges must be a whole number of exchanges from 1, not {max_exchanges!r}")
         super().__init__(title=title, window_s=float(window_s))
         self.trace, self.interval, self.max_exchanges = trace, interval, max_exchanges
-        self._nodes = list(nodes)
+        self._nodes, self._transactions = list(nodes), transactions
+        self._states: dict[str, str] = {}
         self._lock = threading.Lock()    # the thread and the browser's "ready" both send
         self._reset()
         self.on_msg(self._on_message)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labkit-live-sequence", daemon=True)
+        before = LiveSequence._following.get(trace)
+        if before is not None:
+            before.stop()
+        LiveSequence._following[trace] = self
         self._thread.start()
 
     def _reset(self) -> None:
-        self._joiner = plots._Joiner()
+        self._joiner = plots._Joiner(keep_orphans=False)
         self._mark, self._generation = 0, self.trace.generation
         self._lanes: dict[str, int] = {name: i for i, name in enumerate(self._nodes)}
         self._latest = 0.0
@@ -397,29 +439,41 @@ class LiveSequence(anywidget.AnyWidget):
                 self._reset()
                 self._send_all()
             events, self._mark = self.trace.since(self._mark)
-            changed = {}
+            changed, hidden = {}, []
             for event in events:
                 exchange = self._joiner.add(event)
                 self._latest = max(self._latest, event.t)
-                if exchange is not None:
+                if exchange is None:
+                    continue
+                if self._visible(exchange):
                     changed[exchange.id] = exchange
                     for name in (exchange.caller, exchange.service):
                         self._lanes.setdefault(name, len(self._lanes))
+                else:  # a transaction that turned out to read only
+                    changed.pop(exchange.id, None)
+                    hidden.append(exchange.id)
             dropped = [x.id for x in self._joiner.exchanges[: max(0, len(self._joiner.exchanges) - self.max_exchanges)]]
             for gone in dropped:
                 self._joiner.forget(gone)
                 changed.pop(gone, None)
-            if changed or dropped:
-                self._push("update", list(changed.values()), dropped)
+            states = plots._states(list(self._lanes))
+            if changed or dropped or hidden or states != self._states:
+                self._push("update", list(changed.values()), dropped + hidden)
             return len(changed)
+
+    def _visible(self, x) -> bool:
+        if not isinstance(x, plots._Transaction):
+            return True
+        return self._transactions == "all" or (self._transactions == "writes" and not x.read_only)
 
     def _push(self, kind: str, exchanges, dropped=()) -> None:
         lanes = list(self._lanes)
-        self.send({"type": kind, "lanes": lanes, "states": plots._states(lanes), "now": self._latest,
+        self._states = plots._states(lanes)
+        self.send({"type": kind, "lanes": lanes, "states": self._states, "now": self._latest,
                    "exchanges": [plots.layout(x, self._lanes) for x in exchanges], "drop": list(dropped)})
 
     def _send_all(self) -> None:
-        self._push("snapshot", self._joiner.exchanges)
+        self._push("snapshot", [x for x in self._joiner.exchanges if self._visible(x)])
 
     def _on_message(self, _widget, content, _buffers) -> None:
         if isinstance(content, dict) and content.get("type") == "ready":  # a new view: everything so far
@@ -461,7 +515,7 @@ class LiveSequence(anywidget.AnyWidget):
 
 
 def live_sequence(trace, *, interval: float = 0.2, max_exchanges: int = 300, window_s: float = 10.0,
-                  nodes=(), title: str = "") -> LiveSequence:
+                  nodes=(), title: str = "", transactions: str = "writes") -> LiveSequence:
     """A live, interactive sequence diagram of ``trace`` (a browser widget).
 
     ``nodes`` orders the first lanes; ``window_s`` is how many seconds it shows at once;
@@ -472,7 +526,7 @@ def live_sequence(trace, *, interval: float = 0.2, max_exchanges: int = 300, win
         ...     alice.get(hello.url + "/hello")
     """
     return LiveSequence(trace, interval=interval, max_exchanges=max_exchanges, window_s=window_s, nodes=nodes,
-                        title=title)
+                        title=title, transactions=transactions)
 
 
 def progress(iterable, *, total: int | None = None, description: str = ""):

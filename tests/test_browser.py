@@ -294,7 +294,7 @@ labkit.trace.clear()""",
 
 panel = labkit.experiment(calls, {"latency_ms": (0, 100, 50, 0), "n": [2, 4]}, title="calls")
 panel""",
-    """live = labkit.live_sequence(labkit.trace, title="alice and hello", interval=0.1)
+    """live = labkit.live_sequence(labkit.trace, title="alice and hello", interval=0.1, window_s=2)
 live""",
     """traffic = threading.Event()
 
@@ -303,6 +303,18 @@ def talk():
         alice.get(hello.url + "/hello?name=ada")
 
 threading.Thread(target=talk, daemon=True).start()""",
+    """import pathlib
+from flask import Flask
+
+clearing = Flask("clearing")
+
+@clearing.get("/clear")
+def clear():
+    labkit.trace.clear()  # the live diagram starts again, from the time of the clear
+    return "cleared"
+
+clearer = labkit.serve(clearing, name="clearer")
+pathlib.Path("clear-url").write_text(clearer.url)""",
 ]
 
 
@@ -348,6 +360,28 @@ def test_the_tools_work_in_jupyterlab_in_a_browser(tmp_path):
             page.locator(".labkit-live-filter[data-lane='hello']").uncheck()
             page.wait_for_function("""() => [...document.querySelectorAll('.labkit-live-exchange')]
                 .filter(g => g.dataset.service === 'hello').every(g => g.style.display === 'none')""")
+            page.locator(".labkit-live-filter[data-lane='hello']").check()
+
+            # After the trace is cleared, new traffic is drawn where it can be seen, not scrolled away.
+            clear_url = root / "clear-url"
+            deadline = time.monotonic() + 30
+            while not clear_url.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(4)  # the diagram has scrolled well past its 2 s window by now
+            held = "Number(document.querySelector('[data-exchanges]').dataset.exchanges)"
+            before = page.evaluate(held)
+            assert before > 20, before
+            with urllib.request.urlopen(clear_url.read_text() + "/clear", timeout=5) as cleared:
+                assert cleared.read() == b"cleared"
+            page.wait_for_function(f"{held} < {before // 2}", timeout=3_000)  # the diagram started again
+            page.wait_for_function("""() => {
+                const box = document.querySelector('.labkit-live-svg').getBoundingClientRect();
+                return [...document.querySelectorAll('.labkit-live-exchange')].some(g => {
+                    if (g.dataset.service !== 'hello') return false;
+                    const r = g.getBoundingClientRect();
+                    return r.height > 0 && r.top >= box.top && r.bottom <= box.bottom;
+                });
+            }""", timeout=1_500)
 
             # The experiment panel: move a control, press Run, the result changes in place.
             table = page.locator(".labkit-results")

@@ -126,3 +126,45 @@ def test_the_sequence_diagram_draws_the_database_lane_and_the_written_transactio
     assert len(none.get_segments()) == 0
     with pytest.raises(ValueError, match="writes"):
         labkit.sequence(lab.trace, transactions="some")
+
+
+def test_a_read_written_as_a_cte_is_read_only_and_a_cte_that_writes_is_not(lab, ledger):
+    db, _ = ledger
+    app = Flask("ctes")
+
+    @app.get("/read")
+    def read():
+        with db.engine.connect() as c:
+            c.execute(text("WITH notes AS (SELECT note FROM ledger) SELECT count(*) FROM notes")).scalar_one()
+            c.rollback()
+        return "ok"
+
+    @app.post("/write")
+    def write():
+        with db.engine.begin() as c:
+            c.execute(text("WITH new AS (SELECT 'w' AS note) INSERT INTO ledger (note) SELECT note FROM new"))
+        return "ok"
+
+    server = lab.serve(app, name="ctes")
+    alice = lab.client("alice", timeout=5)
+    alice.get(server.url + "/read")
+    alice.post(server.url + "/write")
+    assert [(k, d) for k, _, _, d in transactions(lab.trace, node="ctes")] == [
+        ("begin", ""), ("rollback", "read only"), ("begin", ""), ("commit", "")]
+
+
+def test_a_transaction_that_gives_up_waiting_for_the_lock_says_so(lab, tmp_path):
+    db = lab.enter(Database(f"sqlite:///{tmp_path / 'busy.db'}", busy_timeout_ms=150))
+    with db.engine.begin() as c:
+        c.execute(text("CREATE TABLE ledger (note TEXT)"))
+    server = lab.serve(ledger_app(db), name="ledger")
+    holder, waiter = lab.client("holder", timeout=5), lab.client("waiter", timeout=5)
+    first = threading.Thread(target=holder.post, args=(server.url + "/add?hold_s=0.6",))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not [e for e in lab.trace if e.kind == "begin"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert waiter.post(server.url + "/add").status_code == 500  # "database is locked"
+    first.join(5)
+    [gave_up] = [e.detail for e in lab.trace if e.kind == "begin" and e.detail.startswith("gave up")]
+    assert gave_up.endswith(" ms waiting for the lock") and int(gave_up.split()[3]) >= 100

@@ -282,14 +282,22 @@ def test_configure_changes_several_settings_at_once(lab, svc):
     {"late_ms": 10**9},
     {"bytes_per_s": -1},
     {"bytes_per_s": (100, "fast")},
+    {"error_status": 503.0},
+    {"latency_ms": 10**400},
 ])
 def test_invalid_settings_raise_value_error_and_change_nothing(lab, svc, changes):
     link = lab.link(svc, latency_ms=(1, 2), drop=0.1)
     before = link.settings
     with pytest.raises(labkit.Invalid) as refused:
         link.configure(**changes)
-    named = [name for name in changes if name in str(refused.value)]
-    assert named, f"the error names no setting: {refused.value}"
+    message = str(refused.value)
+    name = next((n for n in changes if n in message), None)
+    assert name is not None, message  # the setting refused,
+    value = changes[name]
+    shown = [repr(v)[:20] for v in (value if isinstance(value, tuple) else ())] + [repr(value)[:20]]
+    assert any(text in message for text in shown), message  # the value,
+    assert any(words in message for words in (" from ", " one of ", "True or False", "a (request, response) pair")), \
+        message  # and what it may be
     assert link.settings == before
     if len(changes) == 1:
         [(name, value)] = changes.items()
@@ -524,6 +532,19 @@ def test_a_duplicated_request_reaches_the_service_twice_and_the_caller_once(lab,
     assert len(arrivals(counted)) == 3
 
 
+def test_a_copy_still_on_its_way_is_never_delivered_once_the_link_closes(lab, counted):
+    other = lab.link(counted)  # keeps the links' event loop busy, as a notebook's other links would
+    link = lab.link(counted, duplicate=1, latency_ms=(400, 0))
+    client = lab.client("bob", timeout=0.2)
+    with pytest.raises(requests.exceptions.RequestException):
+        client.get(link.url + "/")  # gives up before the request (and its copy) get there
+    time.sleep(0.1)
+    link.close()
+    time.sleep(0.6)
+    assert arrivals(counted) == []  # neither the request nor its copy reached the service
+    assert client.get(other.url + "/").status_code == 200
+
+
 def test_a_duplicated_request_with_a_chunked_body_is_sent_whole(lab, counted):
     link = lab.link(counted, duplicate=1)
     chunks = (part for part in (b"a" * 10, b"b" * 20))
@@ -612,12 +633,24 @@ def test_a_rejecting_partition_resets_at_once(lab):
 
 
 def test_every_new_fault_is_seeded(lab, svc):
+    """The same seed gives the same answers, the same copies and the same late answers, call by call."""
     def run(seed):
-        link = lab.link(svc, seed=seed, error_rate=0.3, duplicate=0.2, late_rate=0.2, late_ms=1)
-        with labkit.Client("seeded", timeout=2, trace=lab.trace) as client:
-            return [client.get(link.url + "/").status_code for _ in range(30)]
+        trace = labkit.Trace()
+        link = labkit.Link(svc, seed=seed, error_rate=0.3, duplicate=0.2, late_rate=0.2, late_ms=1, trace=trace)
+        lab.enter(link)
+        with labkit.Client("seeded", timeout=2, trace=trace) as client:
+            story = []
+            for _ in range(30):
+                mark = len(trace)
+                status = client.get(link.url + "/").status_code
+                kinds = {e.kind for e in trace.events()[mark:]}
+                late = any(e.kind == "delayed" and "(late)" in e.detail for e in trace.events()[mark:])
+                story.append((status, "duplicated" in kinds, late))
+            return story
     first = run(3)
-    assert 3 <= first.count(503) <= 20 and run(3) == first and run(4) != first
+    assert 3 <= sum(s == 503 for s, _, _ in first) <= 20
+    assert any(copied for _, copied, _ in first) and any(late for _, _, late in first)
+    assert run(3) == first and run(4) != first
 
 
 def test_settings_are_all_or_nothing_for_any_change(lab, svc):
@@ -641,10 +674,10 @@ def test_settings_are_all_or_nothing_for_any_change(lab, svc):
             assert link.settings == before
             assert any(name in str(refused) for name in changes), refused
         else:
-            assert link.settings == labkit.net._validated(before, changes)  # every change, and only those
-            for name, value in changes.items():
-                assert getattr(link.settings, name) in (value, (value, value), tuple(value) if isinstance(
-                    value, tuple) else None)
+            for field in labkit.net.dataclasses.fields(labkit.net.Settings):  # every change, and only those
+                now, value = getattr(link.settings, field.name), changes.get(field.name, getattr(before, field.name))
+                expected = (value, value) if isinstance(now, tuple) and not isinstance(value, tuple) else value
+                assert now == expected and type(now) is type(getattr(before, field.name)), (field.name, now, value)
             link.configure(**{f.name: f.default for f in labkit.net.dataclasses.fields(labkit.net.Settings)
                               if f.name != "down"})
 

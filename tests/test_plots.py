@@ -249,3 +249,17 @@ def test_a_copy_and_a_link_answer_are_drawn_where_the_link_is(lab):
     assert {"copy sent by the link", "answered by the link"} <= set(legend_texts(fig))
     [copy] = [x for x in plots._exchanges(lab.trace.events())[0] if x.copy]
     assert copy.fault == "a copy the link sent; the link discarded its answer"
+
+
+def test_a_partition_that_rejects_is_drawn_as_a_reset_at_the_caller(lab):
+    greeter = lab.serve(create_app(), name="greeter")
+    net = lab.network()
+    link = net.link("alice", greeter)
+    net.partition(["alice"], ["greeter"], kind="reject")
+    with pytest.raises(requests.ConnectionError):
+        lab.client("alice", timeout=2).get(link.url + "/hello")
+    fig = plots.sequence(lab.trace)
+    [(x, _)] = [tuple(c) for c in gid(fig, "crosses").get_offsets()]
+    assert x < 0.5 and "reset" in legend_texts(fig) and "lost" not in legend_texts(fig)
+    [exchange] = plots._exchanges(lab.trace.events())[0]
+    assert exchange.fault == "reset on the way out by a partition"

@@ -45,20 +45,22 @@ def wait_for(predicate, timeout=3.0):
 
 
 def test_the_panel_starts_from_the_link_settings(stack, hello):
-    link = link_to(stack, hello, latency_ms=(30, 40), jitter_ms=5, drop=(0.25, 0), reset=(0, 0.5), duplicate=0.1,
+    link = link_to(stack, hello, latency_ms=(30, 40), jitter_ms=(5, 10), drop=(0.25, 0), reset=(0, 0.5), duplicate=0.1,
                    error_rate=0.2, error_status=429, retry_after_s=3, late_rate=0.3, late_ms=700,
-                   bytes_per_s=(0, 5000))
+                   bytes_per_s=(0, 5000), fail_first=4)
     panel = widgets.control_panel(link)
     assert (panel.latency_request.value, panel.latency_response.value) == (30, 40)
-    assert (panel.jitter.value, panel.drop_request.value, panel.drop_response.value) == (5, 0.25, 0)
+    assert (panel.jitter_request.value, panel.jitter_response.value) == (5, 10)
+    assert (panel.drop_request.value, panel.drop_response.value) == (0.25, 0)
     assert (panel.reset_request.value, panel.reset_response.value, panel.down.value) == (0, 0.5, False)
     assert (panel.duplicate.value, panel.error_rate.value, panel.error_status.value) == (0.1, 0.2, 429)
     assert (panel.retry_after_s.value, panel.late_rate.value, panel.late_ms.value) == (3, 0.3, 700)
-    assert (panel.bytes_request.value, panel.bytes_response.value, panel.fail_first.value) == (0, 5000, 0)
+    assert (panel.bytes_request.value, panel.bytes_response.value, panel.fail_next.value) == (0, 5000, 4)
     assert "hello" in panel.children[0].value
     controls = [c for tab in panel.tabs.children for c in tab.children]
-    assert len(controls) == len(widgets._CONTROLS) and all(not getattr(c, "continuous_update", False) for c in controls)
-    settings = {setting for _, setting, _, _, _ in widgets._CONTROLS} | {"down"}
+    assert len(controls) == len(widgets._CONTROLS) + 1 and all(not getattr(c, "continuous_update", False)
+                                                               for c in controls)
+    settings = {setting for _, setting, _, _, _ in widgets._CONTROLS} | {"down", "fail_first"}
     assert settings == {f.name for f in labkit.net.dataclasses.fields(labkit.net.Settings)}  # every setting has one
     assert repr(panel) == "<ControlPanel for the link to 'hello'>"
 
@@ -73,14 +75,31 @@ def test_moving_a_slider_changes_the_link_live(stack, hello, alice):
     assert alice.get(link.url + "/hello").status_code == 200
     assert time.perf_counter() - started >= 0.2
 
-    panel.jitter.value = 25
+    panel.jitter_response.value = 25
     panel.drop_response.value = 0.5
     panel.reset_request.value = 0.1
     panel.error_status.value = 502
-    panel.fail_first.value = 1
-    assert (link.settings.jitter_ms, link.settings.drop, link.settings.reset) == ((25, 25), (0, 0.5), (0.1, 0))
-    assert (link.settings.error_status, link.settings.fail_first) == (502, 1)
-    assert panel.message.value == ""
+    assert (link.settings.jitter_ms, link.settings.drop, link.settings.reset) == ((0, 25), (0, 0.5), (0.1, 0))
+    assert link.settings.error_status == 502 and panel.message.value == ""
+
+
+def test_a_slider_moves_its_own_direction_and_shows_values_past_its_end(stack, hello):
+    link = link_to(stack, hello, latency_ms=(5000, 10))
+    panel = widgets.control_panel(link)
+    assert (panel.latency_request.value, panel.latency_request.max) == (5000, 5000)  # widened, not clamped
+    panel.latency_response.value = 20
+    assert link.settings.latency_ms == (5000, 20)  # the other direction keeps what the link has
+
+
+def test_arm_fails_the_next_requests_again_each_time_it_is_pressed(stack, hello, alice):
+    link = link_to(stack, hello, error_status=503)
+    panel = widgets.control_panel(link)
+    panel.fail_next.value = 2
+    assert link.settings.fail_first == 0  # moving the slider arms nothing
+    for _ in range(2):
+        panel.arm.click()
+        statuses = [alice.get(link.url + "/hello").status_code for _ in range(3)]
+        assert statuses == [503, 503, 200]
 
 
 def test_the_down_toggle_refuses_callers(stack, hello, alice):
@@ -179,6 +198,40 @@ def test_live_sequence_names_a_stopped_server(stack, alice):
     assert sent[-1]["states"] == {"gone": "stopped"}
 
 
+def test_live_sequence_labels_a_server_that_stops_while_it_watches(stack, alice):
+    going = labkit.serve(create_app(), name="going")
+    stack.callback(going.stop)
+    alice.get(going.url + "/hello")
+    live = widgets.live_sequence(labkit.trace, interval=10)
+    stack.callback(live.stop)
+    sent = []
+    live.send = sent.append
+    live.update()
+    assert sent[-1]["states"] == {}
+    going.stop()
+    live.update()                               # no new exchange, but the lane changed
+    assert sent[-1]["states"] == {"going": "stopped"} and sent[-1]["exchanges"] == []
+
+
+def test_live_sequence_stays_bounded_over_many_exchanges_without_ids(stack, hello):
+    live = widgets.live_sequence(labkit.trace, interval=10, max_exchanges=20)
+    stack.callback(live.stop)
+    live.send = lambda message: None
+    for _ in range(200):
+        requests.get(hello.url + "/hello", timeout=5)  # a browser: no traceparent of its own
+    live.update()
+    joiner = live._joiner
+    assert len(joiner.exchanges) == 20 and len(joiner._unkeyed) <= 1 and joiner.orphans == []
+    assert len(joiner._by_trace) <= 20 and len(joiner._by_span) <= 20  # only what the diagram holds
+
+
+def test_a_new_live_diagram_of_a_trace_stops_the_one_before(stack):
+    first = widgets.live_sequence(labkit.trace, interval=0.05)
+    second = widgets.live_sequence(labkit.trace, interval=0.05)
+    stack.callback(second.stop)
+    assert not first.running and second.running and len(live_threads()) == 1
+
+
 def test_live_sequence_is_a_context_manager_and_stops_when_closed(stack):
     with widgets.live_sequence(labkit.trace, interval=0.05, max_exchanges=10) as live:
         assert live_threads()
@@ -215,15 +268,23 @@ def test_an_experiment_runs_from_its_controls_and_keeps_its_runs():
     assert repr(panel) == "<Experiment 'double': n, fast, mode; 2 runs kept>"
     panel.keep.value = False
     panel.run()
-    assert len(panel.results) == 1
+    assert len(panel.results) == 1 and repr(panel).endswith("; 1 run kept>")
+    with pytest.raises(ValueError, match="from 1 to 10"):
+        panel.run(n=50)                         # beyond the slider: refused, not clamped
+    assert panel.controls["n"].value == 7 and len(panel.results) == 1
     panel.clear_button.click()
     assert panel.results == [] and panel.table.value == ""
     with pytest.raises(TypeError, match="no control 'm'"):
         panel.run(m=1)
     with pytest.raises(TypeError, match="must be"):
         labkit.experiment(double, {"n": "lots"})
+    not_a_dict = labkit.experiment(lambda n: 3, {"n": (1, 2, 1)})
     with pytest.raises(TypeError, match="dict"):
-        labkit.experiment(lambda n: 3, {"n": (1, 2, 1)}).run()
+        not_a_dict.run()
+    assert "dict" in not_a_dict.status.value and not_a_dict.results == []
+    clash = labkit.experiment(lambda n: {"n": 2}, {"n": (1, 2, 1)})
+    with pytest.raises(ValueError, match="controls too"):
+        clash.run()
 
 
 def test_a_failing_run_says_so_and_keeps_nothing():
