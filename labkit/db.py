@@ -9,7 +9,7 @@ SQLite file in a temporary folder of its own, removed by ``close()``. The same c
 runs on PostgreSQL by naming one: ``Database("postgresql+psycopg://user@127.0.0.1/shop")``.
 
 SQLite is made to behave like a server database for many threads: every transaction
-starts with ``BEGIN IMMEDIATE`` (it takes the write lock at once, so two transactions
+starts with ``BEGIN IMMEDIATE`` (unless ``begin="deferred"``; it takes the write lock at once, so two transactions
 never read the same row and then both write it; reads take it too), and a writer
 waits up to ``busy_timeout_ms`` for the lock instead of failing at once.
 
@@ -39,9 +39,21 @@ ENV = "LABKIT_DATABASE_URL"
 
 
 class Database:
-    """One database and its connection pool (``engine``); a context manager."""
+    """One database and its connection pool (``engine``); a context manager.
 
-    def __init__(self, url: str | None = None, *, busy_timeout_ms: int = 10_000, name: str = "database"):
+    On SQLite, ``begin`` is how a transaction starts: "immediate" (the default: it takes
+    the write lock at once) or "deferred" (SQLite's own default: a reader takes no lock,
+    so two transactions may read a row and then both try to write it). ``pause_ms`` makes
+    each connection wait that long on its way back to the pool, which widens the windows
+    in which concurrent requests interleave (an experiment's magnifying glass).
+    """
+
+    def __init__(self, url: str | None = None, *, busy_timeout_ms: int = 10_000, name: str = "database",
+                 begin: str = "immediate", pause_ms: float = 0):
+        if begin not in ("immediate", "deferred"):
+            raise ValueError(f'begin is "immediate" or "deferred", not {begin!r}')
+        if isinstance(pause_ms, bool) or not isinstance(pause_ms, (int, float)) or not 0 <= pause_ms <= 10_000:
+            raise ValueError(f"pause_ms is milliseconds from 0 to 10000, not {pause_ms!r}")
         url = url or os.environ.get(ENV)
         self.name = name
         self._folder = None
@@ -56,7 +68,13 @@ class Database:
         sqlite = self.engine.dialect.name == "sqlite"
         if sqlite:
             _serialise_sqlite(self.engine, busy_timeout_ms)
-        _transactions(self.engine, name, sqlite=sqlite)
+        _transactions(self.engine, name, begin=f"BEGIN {begin.upper()}" if sqlite else None)
+        if pause_ms:
+            event.listen(self.engine, "checkin", lambda *_: time.sleep(pause_ms / 1000))
+        #: What makes this database again in another process (the examiner hands engines over by it).
+        self.engine.labkit_recipe = {"url": self.engine.url.render_as_string(hide_password=False),
+                                     "busy_timeout_ms": busy_timeout_ms, "name": name, "begin": begin,
+                                     "pause_ms": pause_ms}
 
     @property
     def url(self) -> str:
@@ -123,18 +141,18 @@ def _serialise_sqlite(engine, busy_timeout_ms: int) -> None:
         cursor.close()
 
 
-def _transactions(engine, name: str, *, sqlite: bool) -> None:
-    """Begin SQLite's transactions with BEGIN IMMEDIATE; record each transaction a served request runs."""
+def _transactions(engine, name: str, *, begin: str | None) -> None:
+    """Begin SQLite's transactions with ``begin`` (a statement); record each transaction a served request runs."""
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
         connection.info["labkit_wrote"] = False
-        if not sqlite:
+        if begin is None:
             _record("begin", name, "")
             return
         started, got = time.perf_counter(), False
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql(begin)
             got = True
         finally:
             waited = (time.perf_counter() - started) * 1000

@@ -226,6 +226,12 @@ def name_for(host: str, port: int) -> str:
         return _names.get((host, port)) or _former.get((host, port), f"{host}:{port}")
 
 
+def names() -> dict[str, str]:
+    """Every "host:port" this process knows a node's name for (those that stopped too) -> the name."""
+    with _names_lock:
+        return {f"{host}:{port}": name for (host, port), name in {**_former, **_names}.items()}
+
+
 def was_served(name: str) -> bool:
     """Whether a server of this process has been called ``name``."""
     with _names_lock:

@@ -40,7 +40,8 @@ def nothing_left_behind():
     yield
     deadline = time.monotonic() + 5
     while True:
-        extra = [t.name for t in set(threading.enumerate()) - before_threads if t.is_alive()]
+        extra = [t.name for t in set(threading.enumerate()) - before_threads
+                 if t.is_alive() and t.name != "labkit-check-reader"]  # the examiner's connection stays open
         if not extra or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -163,9 +164,9 @@ def test_a_hanging_answer_is_stopped(capsys, question, answer):
     assert line.startswith(f"{question} failed: stopped after 2 s: the answer did not return. Hint: "), line
 
 
-def test_the_time_limit_defaults_to_the_module_constant(capsys, monkeypatch):
-    monkeypatch.setattr(checker, "TIME_LIMIT_S", 1.5)
-    assert verdict(capsys, "q0.1", spin).startswith("q0.1 failed: stopped after 1.5 s: ")
+def test_the_time_limit_defaults_to_the_module_constant(monkeypatch):
+    monkeypatch.setattr(checker, "TIME_LIMIT_S", 1.5)  # the examiner's own verdict, run here
+    assert checker.verdict("q0.1", spin)[0].line.startswith("q0.1 failed: stopped after 1.5 s: ")
 
 
 def test_time_sleep_is_itself_again_after_a_check(capsys):
@@ -188,8 +189,17 @@ def test_the_check_never_raises_even_when_a_hidden_test_breaks(capsys, monkeypat
         raise RuntimeError("a bug in the hidden test")
 
     monkeypatch.setattr(question, "tests", [authoring.HiddenTest("broken", broken)])
-    line = verdict(capsys, "q0.1", greet)
+    line = checker.verdict("q0.1", greet)[0].line  # the examiner's own verdict, run here
     assert line.startswith("q0.1 could not be checked: the check itself failed with RuntimeError: a bug in the hidden test")
+
+
+def test_the_check_never_raises_when_there_is_no_examiner(capsys, monkeypatch, tmp_path):
+    from labkit.grading import answering
+
+    monkeypatch.setattr(answering, "_connection", None)
+    monkeypatch.setenv(answering.ENV, str(tmp_path / "nobody-listens-here"))
+    line = verdict(capsys, "q0.1", greet)
+    assert line.startswith("q0.1 could not be checked: the checker could not start (FileNotFoundError"), line
 
 
 def test_the_students_trace_and_servers_are_left_alone(capsys):

@@ -163,6 +163,68 @@ def order_totals(client, base_url, order_ids):
 os.kill(os.getpid(), signal.SIGKILL)
 '''
 
+# The issue's four lines: nonsense, then every hidden test's run made a no-op (here through the
+# registry and through the garbage collector both). They reach only the kernel's copy of the tests.
+FORGES_THE_HIDDEN_TESTS = IMPORTS + '''import gc
+import labkit.grading.authoring as _authoring
+
+def fetch_or_none(client, url):
+    return "nonsense"
+
+for _question in _authoring.questions().values():
+    for _test in _question.tests:
+        _test.run = lambda run: None
+for _object in gc.get_objects():
+    if type(_object).__name__ == "HiddenTest":
+        _object.run = lambda run: None
+'''
+
+EQUALS_EVERYTHING = IMPORTS + '''class _Total(dict):
+    def __eq__(self, other):
+        return True
+    __ne__ = lambda self, other: False
+    def __contains__(self, key):
+        return True
+
+def order_totals(client, base_url, order_ids):
+    return _Total()
+'''
+
+# Finds the examiner's record file on its command line and writes passed verdicts into it,
+# tries to kill the examiner, and sends it a verdict of its own.
+WRITES_THE_RECORD = IMPORTS + '''import json, pathlib, signal, socket
+
+def next_messages(client, base_url, after):
+    return []
+
+for _proc in pathlib.Path("/proc").iterdir():
+    try:
+        _argv = (_proc / "cmdline").read_bytes().split(b"\\0")
+    except OSError:
+        continue
+    if b"labkit.grading.examiner" in _argv and b"--record" in _argv:
+        _record = _argv[_argv.index(b"--record") + 1].decode()
+        try:
+            with open(_record, "a") as _file:
+                for _q in ("q1.1", "q1.2", "q1.3"):
+                    _file.write(json.dumps({"question": _q, "status": "passed", "passed": True, "points": 1.0,
+                                            "message": _q + " passed", "t": time.time()}) + "\\n")
+        except OSError:
+            pass
+        try:
+            os.kill(int(_proc.name), signal.SIGSTOP)
+        except OSError:
+            pass
+try:
+    _address = os.environ["LABKIT_EXAMINER"]
+    _sock = socket.socket(socket.AF_UNIX)
+    _sock.connect("\\0" + _address[1:] if _address.startswith("@") else _address)
+    _sock.sendall(b\'{"op": "verdict", "id": 1, "line": "q1.3 passed", "passed": true}\\n{"op": 7}\\nnot json\\n\')
+    _sock.close()
+except OSError:
+    pass
+'''
+
 SWALLOWS_INTERRUPTS = IMPORTS + '''while True:
     try:
         time.sleep(0.1)
@@ -311,6 +373,8 @@ def graded(tmp_path_factory):
                                                           "q1.3": REBINDS_LABKIT}))
     write(folder, "hostile-3.ipynb", with_answers(NB01, {"q1.1": EXITS_IN_FUNCTION, "q1.2": KILLS_KERNEL_AT_TOP,
                                                           "q1.3": PRINTS_WHILE_CHECKED}))
+    write(folder, "hostile-4.ipynb", with_answers(NB01, {"q1.1": FORGES_THE_HIDDEN_TESTS, "q1.2": EQUALS_EVERYTHING,
+                                                          "q1.3": WRITES_THE_RECORD}))
     over_time = write(tmp_path_factory.mktemp("slow"), "over-time.ipynb",
                       with_answers(NB00, {"q0.1": SWALLOWS_INTERRUPTS}))
 
@@ -461,6 +525,27 @@ def test_a_kernel_killed_by_one_answer_costs_only_that_question(graded):
     assert records["q1.3"].passed, records["q1.3"].message  # graded in a third run, without the two others
 
 
+def test_an_answer_that_disables_the_hidden_tests_earns_nothing(graded):
+    """The hidden tests the answer can reach are the kernel's copy: the examiner's run as they are."""
+    r = graded["by"]["hostile-4.ipynb"]["q1.1"]
+    assert not r.passed and r.points == 0
+    assert r.message.startswith("q1.1 failed: a healthy service: it returned 'nonsense'"), r.message
+
+
+def test_a_value_that_claims_to_equal_everything_is_only_its_data(graded):
+    r = graded["by"]["hostile-4.ipynb"]["q1.2"]
+    assert not r.passed and "the result has no total for order" in r.message, r.message
+
+
+@pytest.mark.skipif(not sandbox.available()[0], reason=f"runs are not isolated here: {sandbox.available()[1]}")
+def test_an_answer_cannot_write_stop_or_talk_over_the_examiner(graded):
+    """Isolated, the examiner is another user: its record cannot be written, it cannot be stopped, and what the
+    answer sends it is no verdict. (Without isolation the grader says it cannot promise this.)"""
+    records = graded["by"]["hostile-4.ipynb"]
+    assert records["q1.3"].message.startswith("q1.3 failed: "), records["q1.3"].message
+    assert not any(r.passed for r in records.values())
+
+
 def test_a_submission_over_the_time_limit_is_killed(graded):
     r = graded["by"]["over-time.ipynb"]["q0.1"]
     assert not r.passed
@@ -483,7 +568,8 @@ def test_nothing_is_left_behind(graded):
     assert not (graded["folder"] / f"{marker}.txt").exists()
     with socket.socket() as s:  # the port the answer bound is free again
         s.bind(("127.0.0.1", graded["port"]))
-    extra = [t.name for t in set(threading.enumerate()) - graded["threads_before"] if t.is_alive()]
+    extra = [t.name for t in set(threading.enumerate()) - graded["threads_before"]
+             if t.is_alive() and t.name != "labkit-check-reader"]  # this process's examiner stays, for reuse
     assert extra == []
 
 
@@ -581,13 +667,9 @@ def test_the_command_fails_only_when_it_cannot_grade(tmp_path):
 # -- the guard, in a process of its own (it changes labkit for good) ----------------------------------
 
 GUARD_SCRIPT = '''
-import os, sys, tempfile
+import sys
 import labkit, labkit.grading.guard as guard, labkit.grading.checker as check
-path = os.path.join(tempfile.mkdtemp(), "verdicts")
-open(path, "w").close()
-reader = open(path)
-guard.install(path, {"q0.1": 2.0})
-assert not os.path.exists(path), "the verdict file keeps no name the answers could find"
+guard.install()
 genuine = labkit.check
 for _ in range(3):  # every restore undoes every patch, not only the first
     labkit.check = lambda *a, **k: print("q0.1 passed: fake")
@@ -598,15 +680,25 @@ for _ in range(3):  # every restore undoes every patch, not only the first
     assert check._grade is not None and check._grade.__name__ == "_grade"
     assert vars(sys.modules["labkit.tracing"].Trace)["events"].__name__ == "events"
 check._grade = lambda *a: (labkit.grading.verdicts.passed("q0.1", 1, 1), None)
-labkit.check("q0.1", lambda client, base_url, name: "nope")  # patched internals are undone by the check itself
-print(reader.read().strip())
+labkit.check("q0.1", lambda client, base_url, name: "nope")  # the kernel's _grade decides nothing: the examiner does
 '''
 
 
-def test_the_guard_undoes_patches_before_every_check():
-    result = subprocess.run([sys.executable, "-c", GUARD_SCRIPT], capture_output=True, text=True, timeout=60)
+def test_the_guard_undoes_patches_and_the_examiner_alone_records(tmp_path):
+    record = tmp_path / "verdicts.jsonl"
+    address = f"@labkit-test-examiner-{os.getpid()}"
+    examiner = subprocess.Popen([sys.executable, "-m", "labkit.grading.examiner", "--listen", address, "--record",
+                                 str(record), "--points", json.dumps({"q0.1": 2.0})], stdout=subprocess.PIPE)
+    try:
+        assert examiner.stdout.readline() == b"ready\n"
+        result = subprocess.run([sys.executable, "-c", GUARD_SCRIPT], capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, LABKIT_EXAMINER=address))
+    finally:
+        examiner.kill()
+        examiner.wait()
+        examiner.stdout.close()
     assert result.returncode == 0, result.stderr
-    printed, recorded = result.stdout.strip().splitlines()
-    record = json.loads(recorded)
+    [printed] = result.stdout.strip().splitlines()
+    [record] = [json.loads(line) for line in record.read_text().splitlines()]
     assert printed.startswith("q0.1 failed: ") and record["message"] == printed
     assert (record["question"], record["status"], record["passed"], record["points"]) == ("q0.1", "failed", False, 0.0)

@@ -36,12 +36,14 @@ CURRENT_ENV = "labkit-current-env"
 BEFORE = "import threading as _threading\n_hygiene_threads = set(_threading.enumerate())"
 
 #: Run last: what the notebook left running (threads get a few seconds to end; the kernel's
-#: own, such as pyzmq's garbage collector started on a large output, are not the notebook's).
+#: own, such as pyzmq's garbage collector started on a large output, are not the notebook's, and
+#: neither is the reader of the kernel's connection to its examiner, which lives as long as the kernel).
 REPORT = """\
 import json as _json, time as _time, labkit as _labkit
 def _alive():
     return sorted(t.name for t in _threading.enumerate() if t not in _hygiene_threads and t.is_alive()
-                  and type(t).__module__.split(".")[0] not in ("zmq", "ipykernel", "IPython"))
+                  and type(t).__module__.split(".")[0] not in ("zmq", "ipykernel", "IPython")
+                  and t.name != "labkit-check-reader")
 _deadline = _time.monotonic() + 5
 while _alive() and _time.monotonic() < _deadline:
     _time.sleep(0.1)

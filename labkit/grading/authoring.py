@@ -37,8 +37,10 @@ from ..errors import Fail
 from ..net import Link
 from ..server import serve
 from ..tracing import Event, Trace
+from .wire import is_a, type_name  # noqa: F401  (for the hidden tests: the answer's values cross as data)
 
-__all__ = ["Question", "Run", "Call", "Fail", "AnswerRaised", "show", "describe_error", "questions"]
+__all__ = ["Question", "Run", "Call", "Fail", "AnswerRaised", "show", "describe_error", "questions", "is_a",
+           "type_name"]
 
 log = logging.getLogger("labkit")
 
@@ -177,6 +179,9 @@ _REQUESTS_ERRORS = {
 
 def describe_error(error: BaseException) -> str:
     """``ReadTimeout (no answer within the client's timeout)``, ``ZeroDivisionError: division by zero``."""
+    described = getattr(error, "labkit_described", None) or getattr(error, "described", None)
+    if isinstance(described, str) and described:  # worded on the answer's side, where the error was raised
+        return described
     name = type(error).__name__
     if isinstance(error, requests.exceptions.RequestException):
         kind = describe(error)
@@ -195,13 +200,15 @@ def describe_error(error: BaseException) -> str:
 @dataclasses.dataclass
 class Call:
     """What one call of the answer gave: its ``value``, how many ``seconds`` it took
-    (from ``started``, a ``time.perf_counter()`` reading), and the trace ``events``
-    recorded while it ran."""
+    (from ``started``, a ``time.perf_counter()`` reading), the trace ``events`` the
+    check's own servers and links recorded while it ran, and ``told``: the events the
+    answer's side says its clients recorded (to explain a failure, never to decide one)."""
 
     value: object
     seconds: float
     events: list[Event]
     started: float = 0.0
+    told: list = dataclasses.field(default_factory=list)
 
     @property
     def ended(self) -> float:
@@ -227,8 +234,15 @@ class Run:
         self.trace = Trace()
         self.seed = seed
         self.time_limit = time_limit
-        self._answer = answer
         self._stack = contextlib.ExitStack()
+        self.told: list[Event] = []  # what the answer's side said its clients recorded: see Call.told
+        self._told_lock = threading.Lock()
+        # The examiner's stand-in for the student's function calls it in the student's process, for this run.
+        self._answer = answer.bound(self) if hasattr(answer, "bound") else answer
+
+    def note_told(self, events: list[Event]) -> None:
+        with self._told_lock:
+            self.told.extend(events)
 
     # things the test starts (each stopped when the run ends, whatever happens)
 
@@ -275,7 +289,7 @@ class Run:
     def call_with(self, harness, *args) -> Call:
         """Like :meth:`call`, but run ``harness(*args)``: a function of the test that calls
         :attr:`answer` many times (from threads of its own, say) as one call, under one time limit."""
-        start_index = len(self.trace)
+        start_index, told_index = len(self.trace), len(self.told)
         worker = _Worker(harness, args)
         _sleep_patch.acquire()
         try:
@@ -295,7 +309,7 @@ class Run:
             _sleep_patch.release()
         if worker.error is not None:
             raise AnswerRaised(worker.error)
-        return Call(worker.value, seconds, self.trace.events()[start_index:], started)
+        return Call(worker.value, seconds, self.trace.events()[start_index:], started, self.told[told_index:])
 
     def _stop(self, worker: "_Worker") -> None:
         """Stop an overrunning answer: wake its sleeps, close the network under it, raise inside it."""
@@ -329,9 +343,9 @@ def _quietly(function, *args) -> None:
 class _Worker(threading.Thread):
     """The thread an answer runs in; it never prints, whatever happens to it."""
 
-    def __init__(self, answer, args):
+    def __init__(self, answer, args, on_done=None):
         super().__init__(name="labkit-check-answer", daemon=True)
-        self._answer, self._args = answer, args
+        self._answer, self._args, self._on_done = answer, args, on_done
         self.value = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -352,6 +366,8 @@ class _Worker(threading.Thread):
             _sleep_patch.stopping.pop(threading.get_ident(), None)
             self.done.set()
             self._answer = self._args = None
+            if self._on_done is not None:
+                self._on_done(self)
 
     def interrupt(self) -> None:
         """Raise _Stopped in this thread at its next Python instruction."""

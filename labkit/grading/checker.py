@@ -6,14 +6,20 @@
 The hidden tests live in ``labkit/grading/hidden/`` (written with
 :mod:`labkit.grading.authoring`); the lines are :mod:`labkit.grading.verdicts`.
 ``check`` prints exactly one line and never raises; a hung answer is stopped.
+
+The tests never run in the student's process: ``check`` asks the examiner
+(:mod:`labkit.grading.examiner`, a process of its own) and answers its calls of the
+student's function (:mod:`labkit.grading.answering`); the examiner runs :func:`verdict`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 
-from . import verdicts
+from ..tracing import Event, Trace
+from . import verdicts, wire
 from .authoring import TIME_LIMIT_S, AnswerRaised, Fail, Run, _Overrun, describe_error, questions
 from .verdicts import Verdict
 
@@ -29,10 +35,39 @@ def check(question: str, answer, *, diagram=None, time_limit: float | None = Non
 
         >>> labkit.check("q1.1", fetch_or_none, diagram=labkit.sequence)      # doctest: +SKIP
     """
-    result, trace = verdict(question, answer, time_limit=time_limit)
-    print(result.line)
-    if diagram is not None and trace is not None:
-        show_diagram(diagram, trace)
+    from . import answering
+
+    try:
+        reply = answering.connection().check(str(question), answer, time_limit, diagram is not None)
+    except KeyboardInterrupt:
+        print(verdicts.not_checked(str(question), "not checked: interrupted.").line)
+        return
+    except Exception as error:  # noqa: BLE001 - no examiner: say so, never raise
+        log.exception("check(%r) could not reach the examiner", question)
+        print(verdicts.not_checked(str(question), f"could not be checked: the checker could not start "
+                                                  f"({describe_error(error)}).").line)
+        return
+    print(reply["line"])
+    if diagram is not None and reply.get("trace"):
+        show_diagram(diagram, _merged(reply["trace"], answering.connection()))
+
+
+def _merged(sent: dict, connection):
+    """The failing run's trace: the examiner's events, and those of the clients in this process."""
+    start, events = float(sent.get("start", 0.0)), []
+    for data in sent.get("events", []):
+        fields = wire.unplain(data)
+        if isinstance(fields, dict):
+            events.append(Event(**{k: v for k, v in fields.items() if k in Event.__dataclass_fields__}))
+    mine_start, mine = connection.client_events(sent.get("run"))
+    everything = [(start + e.t, e) for e in events]
+    names = sent.get("names") if isinstance(sent.get("names"), dict) else {}
+    if mine_start is not None:  # this process's clients know the examiner's servers by address only
+        everything += [(mine_start + e.t, dataclasses.replace(e, src=names.get(e.src, e.src),
+                                                              dst=names.get(e.dst, e.dst))) for e in mine]
+    origin = min([start] + ([mine_start] if mine_start is not None else []))
+    everything.sort(key=lambda pair: pair[0])
+    return Trace([dataclasses.replace(e, t=at - origin) for at, e in everything], start=origin)
 
 
 def verdict(question: str, answer, *, time_limit: float | None = None):
@@ -75,7 +110,7 @@ def _grade(question_id, answer, time_limit) -> tuple[Verdict, object]:
                     error = raised.error
                     if isinstance(error, NotImplementedError):
                         return verdicts.not_attempted(question.id), None
-                    hint = next((h for kind, h in test.raise_hints.items() if isinstance(error, kind)), question.hint)
+                    hint = next((h for kind, h in test.raise_hints.items() if wire.is_a(error, kind)), question.hint)
                     return verdicts.failed(question.id, f"{name}: your answer raised {describe_error(error)}",
                                            hint), run.trace
                 except _Overrun as overrun:

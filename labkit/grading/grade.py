@@ -13,15 +13,18 @@ For each submission the grader
    count as they ran: the last definition wins); a cell whose type was changed to
    markdown or raw counts if its text is Python;
 4. puts them in place of the answer cells of a copy of the solution edition, with one
-   cell of its own first (:mod:`labkit.grading.guard`, so verdicts cannot be faked),
-   and runs that under nbval (``pytest --nbval``) in a subprocess of its own: a fresh
-   kernel, its own temporary folder as the working directory, HOME and TMPDIR, a time
-   limit per cell (``--cell-timeout``) and one for the whole submission
-   (``--time-limit``), after which every process of the run is killed;
+   cell of its own first (:mod:`labkit.grading.guard`, which undoes an answer's changes
+   to labkit before each check), and runs that under nbval (``pytest --nbval``) in a
+   subprocess of its own: a fresh kernel, its own temporary folder as the working
+   directory, HOME and TMPDIR, a time limit per cell (``--cell-timeout``) and one for
+   the whole submission (``--time-limit``), after which every process of the run is
+   killed. Beside it runs the run's examiner (:mod:`labkit.grading.examiner`): the kernel's
+   ``labkit.check`` finds it through ``LABKIT_EXAMINER``, the hidden tests run there and
+   only there, and it writes each verdict to a file the kernel cannot reach;
 5. reads nbval's result for each cell (:mod:`labkit.grading.probe`) and the verdicts
-   the guarded ``labkit.check`` recorded (question, passed, points, message); a
-   question passes when its check cell recorded a passed verdict. The message is the
-   verdict line itself, the same line ``labkit.check`` prints in the student's
+   the examiner recorded (question, passed, points, message); a question passes when
+   the examiner recorded a passed verdict for it while its check cell ran. The message
+   is the verdict line itself, the same line ``labkit.check`` prints in the student's
    notebook for the same answer;
 6. if the kernel died or the run was killed, the question whose cell broke it scores 0
    with a message saying so, and the notebook runs again with that answer left out,
@@ -79,8 +82,7 @@ CELL_TIMEOUT_S = 120.0
 TIME_LIMIT_S = 600.0
 #: The cells the grader adds: one first in every notebook it runs, one before each check cell.
 RESTORE_CELL = "import labkit.grading.guard as _labkit_guard; _labkit_guard.restore(); del _labkit_guard"
-GUARD_CELL = ("import labkit.grading.guard as _labkit_guard; _labkit_guard.install({path!r}, {points!r}); "
-              "del _labkit_guard")
+GUARD_CELL = "import labkit.grading.guard as _labkit_guard; _labkit_guard.install(); del _labkit_guard"
 
 
 @dataclasses.dataclass
@@ -205,15 +207,14 @@ def answers_of(nb) -> dict[str, str]:
     return {q: "\n\n".join(sources) for q, sources in parts.items()}
 
 
-def merge(solution: Solution, answers: dict[str, str], verdict_path: str):
+def merge(solution: Solution, answers: dict[str, str]):
     """(notebook to run, roles of its code cells in order: None, ("guard", ""), or (question, role))."""
     nb = copy.deepcopy(solution.nb)
     for cell in nb.cells:
         marks = release.role(cell)
         if marks and marks[1] == "answer":
             cell.source = answers.get(marks[0], release.stub_source(cell.source))
-    cells = [nbformat.v4.new_code_cell(GUARD_CELL.format(path=verdict_path, points=solution.max_points),
-                                       id="labkit-grader-guard")]
+    cells = [nbformat.v4.new_code_cell(GUARD_CELL, id="labkit-grader-guard")]
     for number, cell in enumerate(nb.cells):
         marks = release.role(cell)
         if marks and marks[1] == "check":
@@ -298,39 +299,53 @@ def _matplotlib_dir() -> str | None:
     return str(cache) if cache.is_dir() else None
 
 
-def run_notebook(nb, folder: Path, verdict_path: str, *, cell_timeout: float, time_limit: float) -> RunResult:
-    """Run ``nb`` under nbval in ``folder`` (fresh, with an empty ``grader`` folder in it); kill everything
-    at ``time_limit``. ``verdict_path`` is the file the guard cell of ``nb`` writes verdicts to.
-    Where :mod:`labkit.grading.sandbox` can, the run is isolated: a user id and a network of its own."""
-    grader, work = folder / "grader", folder / "work"
-    grader.mkdir(exist_ok=True)
-    work.mkdir()
+def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_limit: float) -> RunResult:
+    """Run ``nb`` under nbval in ``folder`` (fresh), beside an examiner of its own; kill everything at
+    ``time_limit``. ``points`` is what each question is worth. Where :mod:`labkit.grading.sandbox` can,
+    the run is isolated: the kernel and the examiner each a user id of their own, in a network of
+    their own."""
+    grader, work, exam = folder / "grader", folder / "work", folder / "examiner"
+    for made in (grader, work, exam):
+        made.mkdir(exist_ok=True)
     (grader / "pytest.ini").write_text("[pytest]\n")
     notebook = work / "submission.ipynb"
     nbformat.write(nb, notebook)
-    probe_path = grader / "cells.jsonl"
-    Path(verdict_path).touch()
+    probe_path, record = grader / "cells.jsonl", exam / "verdicts.jsonl"
+    record.touch(mode=0o600)
     token = uuid.uuid4().hex
+    address = f"@labkit-examiner-{token}" if sys.platform.startswith("linux") else str(exam / "examiner.sock")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LABKIT_", "JPY_"))}
     env.update(HOME=str(work), TMPDIR=str(work), TMP=str(work), TEMP=str(work),
-               LABKIT_PROBE_OUT=str(probe_path), LABKIT_GRADE_RUN=token, PYTHONDONTWRITEBYTECODE="1")
+               LABKIT_PROBE_OUT=str(probe_path), LABKIT_GRADE_RUN=token, PYTHONDONTWRITEBYTECODE="1",
+               LABKIT_EXAMINER=address)
+    shared = exam / "shared"  # the examiner's temporary files: the SQLite databases it hands the answer
+    shared.mkdir()
+    examiner = [sys.executable, "-m", "labkit.grading.examiner", "--listen", address, "--record", str(record),
+                "--points", json.dumps(points), "--tmp", str(shared)]
     command = [sys.executable, "-m", "pytest", "-c", str(grader / "pytest.ini"), "--rootdir", str(work),
                "-p", "no:cacheprovider", "-p", "labkit.grading.probe", "--nbval", "--nbval-current-env",
                f"--nbval-cell-timeout={cell_timeout:g}", "-q", "-rN", "--tb=no", "--color=no", notebook.name]
     isolated, _ = sandbox.available()
-    with sandbox.Lease() if isolated else contextlib.nullcontext() as lease:
+    with contextlib.ExitStack() as stack:
+        lease = stack.enter_context(sandbox.Lease()) if isolated else None
+        judge = stack.enter_context(sandbox.Lease()) if isolated else None
         mpl = _matplotlib_dir()
         if lease is not None:
             if mpl:  # the run may not read the grader's home: give it a copy of matplotlib's font cache
                 mpl = shutil.copytree(mpl, grader / "matplotlib")
             folder.chmod(0o711)
-            lease.give(grader, work, notebook, Path(verdict_path), *grader.rglob("*"))
-            command = sandbox.wrap(lease.uid, command)
+            lease.give(grader, work, notebook, *grader.rglob("*"))
+            judge.give(exam, record)
+            exam.chmod(0o711)
+            shared.chmod(0o1777)  # both may make files here; only their owner may remove them
+            command = sandbox.wrap(lease.uid, command, examiner=(judge.uid, examiner))
         if mpl:
             env["MPLCONFIGDIR"] = str(mpl)
         started = time.monotonic()
         killed = False
-        with open(verdict_path, encoding="utf-8") as verdicts, open(grader / "pytest.log", "wb") as log:
+        with open(grader / "pytest.log", "wb") as log:
+            if lease is None:  # no isolation: the examiner is simply a process of the grader's
+                stack.enter_context(_examiner(examiner, env, log))
             process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
             with _active_lock:
@@ -343,15 +358,31 @@ def run_notebook(nb, folder: Path, verdict_path: str, *, cell_timeout: float, ti
                 _kill_run(token, process)
                 with _active_lock:
                     _active.pop(token, None)
-            lines = [json.loads(line) for line in verdicts.read().splitlines() if _is_json(line)]
+        lines = [json.loads(line) for line in record.read_text(encoding="utf-8").splitlines() if _is_json(line)]
     cells = {}
     if probe_path.exists():
         for line in probe_path.read_text(encoding="utf-8", errors="replace").splitlines():
             if _is_json(line):
-                record = json.loads(line)
-                if record.get("when") == "call" or record["cell"] not in cells:
-                    cells[record["cell"]] = record
+                record_ = json.loads(line)
+                if record_.get("when") == "call" or record_["cell"] not in cells:
+                    cells[record_["cell"]] = record_
     return RunResult(cells, lines, killed, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _examiner(command: list[str], env: dict, log):
+    """The examiner of a run that is not isolated: started, ready, and stopped at the end."""
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                               start_new_session=True)
+    try:
+        ready = process.stdout.readline()
+        if ready != b"ready\n":
+            raise GradeError(f"the examiner did not start; see {log.name}")
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
 
 
 def _is_json(line: str) -> bool:
@@ -416,9 +447,9 @@ def _run_until_judged(solution: Solution, answers: dict[str, str], options: Opti
             break
         folder = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
         try:
-            verdict_path = str(folder / "grader" / f"verdicts-{uuid.uuid4().hex}")
-            nb, roles = merge(solution, live, verdict_path)
-            result = run_notebook(nb, folder, verdict_path, cell_timeout=options.cell_timeout, time_limit=remaining)
+            nb, roles = merge(solution, live)
+            result = run_notebook(nb, folder, points=solution.max_points, cell_timeout=options.cell_timeout,
+                                  time_limit=remaining)
         finally:
             if not options.keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -514,8 +545,9 @@ def _cell_name(roles, number) -> str:
 def _why_no_verdict(q: str, check: dict, answer: dict | None, options: Options) -> str:
     printed = [line for line in (check.get("stdout") or "").splitlines() if line.startswith(f"{q} ")]
     if printed:
-        return (f"{q} failed: the check cell printed {printed[-1][:120]!r}, but labkit.check recorded no verdict: "
-                f"labkit.check was replaced or changed at runtime, and the grader does not trust that output")
+        return (f"{q} failed: the check cell printed {printed[-1][:120]!r}, but the examiner decided no verdict "
+                f"for {q} then: labkit.check was replaced or changed at runtime, and the grader does not trust "
+                f"that output")
     if check.get("kind") == "timeout":
         return f"{q} failed: the check did not finish within {options.cell_timeout:g} s and was stopped"
     if answer and answer.get("ename") and answer.get("ename") != "KeyboardInterrupt":

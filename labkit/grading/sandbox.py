@@ -14,9 +14,16 @@ After the run every process of that user id is killed, wherever it went.
     >>> with sandbox.Lease() as user:                   # doctest: +SKIP
     ...     subprocess.run(sandbox.wrap(user.uid, ["python", "-c", "..."]))
 
+The run's examiner (:mod:`labkit.grading.examiner`, which decides the verdicts) shares
+the run's network namespace, so the kernel reaches the servers it starts, but runs as a
+user id of its own: the answer can neither signal it nor read its memory nor write its
+verdicts. Both run with umask 0, so the SQLite files the examiner hands the answer are
+theirs to share.
+
 Elsewhere (not root, not Linux) :func:`available` says why not, and the grader runs
-without isolation. ``python -m labkit.grading.sandbox UID COMMAND...`` is the
-launcher :func:`wrap` puts in front of a command (run as root).
+without isolation. ``python -m labkit.grading.sandbox UID [--with EUID EXAMINER_JSON]
+COMMAND...`` is the launcher :func:`wrap` puts in front of a command (run as root): the
+examiner's command line, as a JSON list, starts first as EUID and must print "ready".
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -33,6 +42,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -65,19 +75,41 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def wrap(uid: int, command: list[str]) -> list[str]:
-    """``command`` as it runs isolated as ``uid`` (through this module's launcher)."""
-    return [sys.executable, "-m", __name__, str(uid), *command]
+def wrap(uid: int, command: list[str], examiner: tuple[int, list[str]] | None = None) -> list[str]:
+    """``command`` as it runs isolated as ``uid`` (through this module's launcher), after ``examiner``
+    (its user id and command) started in the same network namespace."""
+    before = ["--with", str(examiner[0]), json.dumps(examiner[1])] if examiner else []
+    return [sys.executable, "-m", __name__, str(uid), *before, *command]
 
 
 class Lease:
-    """A user id lent to one run; on exit its processes are killed and its files swept."""
+    """A user id lent to one run; on exit its processes are killed and its files swept.
+
+    A user id is lent to one run at a time across every grader on the machine: each
+    lease holds a lock on a file named after it (``/run/lock``, or the temporary folder).
+    """
 
     def __init__(self):
         with _lent_lock:
-            self.uid = next(u for u in range(FIRST_UID, FIRST_UID + 10_000) if u not in _lent)
-            _lent.add(self.uid)
+            for uid in range(FIRST_UID, FIRST_UID + 10_000):
+                if uid not in _lent and self._lock(uid):
+                    break
+            else:
+                raise OSError("every user id the sandbox may lend is in use")
+            self.uid = uid
+            _lent.add(uid)
         clean(self.uid)  # a run that crashed earlier may have left something
+
+    def _lock(self, uid: int) -> bool:
+        folder = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+        fd = os.open(folder / f"labkit-sandbox-{uid}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
 
     def give(self, *paths: Path) -> None:
         """Make ``paths`` (folders or files the grader made) the sandbox user's own."""
@@ -91,6 +123,7 @@ class Lease:
         clean(self.uid)
         with _lent_lock:
             _lent.discard(self.uid)
+            os.close(self._fd)  # the lock goes with it
 
 
 def clean(uid: int) -> None:
@@ -152,20 +185,53 @@ def _bring_loopback_up() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
 
 
-def _launch(uid: int, command: list[str]) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed: the grader needs root")
-    _bring_loopback_up()
+def _become(uid: int, libc) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+
+
+def _start_examiner(uid: int, command: list[str], libc) -> None:
+    """Start ``command`` as ``uid`` and wait (a minute at most) for it to print "ready"."""
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 1)
+            _become(uid, libc)
+            os.execvp(command[0], command)
+        finally:
+            os._exit(127)
+    os.close(write_end)
+    said = b""
+    deadline = time.monotonic() + 60
+    while b"ready\n" not in said and time.monotonic() < deadline:
+        ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(read_end, 100) if ready else b""
+        if not chunk:
+            break
+        said += chunk
+    os.close(read_end)
+    if b"ready\n" not in said:
+        sys.exit("the examiner did not start")
+
+
+def _launch(uid: int, command: list[str]) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed: the grader needs root")
+    _bring_loopback_up()
+    os.umask(0)
+    if command[:1] == ["--with"]:
+        _start_examiner(int(command[1]), json.loads(command[2]), libc)
+        command = command[3:]
+    _become(uid, libc)
     os.execvp(command[0], command)
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m labkit.grading.sandbox UID COMMAND [ARGS...]  (as root)")
+        sys.exit("usage: python -m labkit.grading.sandbox UID [--with EUID EXAMINER_JSON] COMMAND [ARGS...]  (as root)")
     _launch(int(sys.argv[1]), sys.argv[2:])

@@ -6,7 +6,7 @@ import random
 import requests
 
 from labkit.apps import create
-from labkit.grading.authoring import Fail, Question, show
+from labkit.grading.authoring import Fail, Question, is_a, show
 
 # -- q1.1: a call that gives up -------------------------------------------------------
 
@@ -53,7 +53,7 @@ def _(run):
     link = run.link(server, latency_ms=20)
     call = run.call(run.client(), link.url + "/forecast?city=Oslo")
     expected = _body(app, "/forecast?city=Oslo")
-    if isinstance(call.value, requests.Response):
+    if is_a(call.value, requests.Response):
         raise Fail(f"it returned the response object {show(call.value)}, not its JSON body {show(expected)}",
                    "return response.json()")
     if call.value != expected:

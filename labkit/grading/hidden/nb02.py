@@ -8,7 +8,7 @@ import requests
 
 from labkit.apps.peer import create_app, network_dial
 from labkit.errors import MergeError
-from labkit.grading.authoring import AnswerRaised, Fail, Question, show
+from labkit.grading.authoring import AnswerRaised, Fail, Question, is_a, show
 from labkit.net import Network
 
 # -- q2.1: a merge that keeps concurrent writes ------------------------------------------
@@ -260,7 +260,7 @@ def _judge_join(call, apps, servers, live: str, newcomer: str):
     expected = {n: a for n, a in apps[live].membership(with_me=True).items() if n != newcomer}
     if call.seconds > JOIN_WITHIN_S:
         raise Fail(f"it took more than {JOIN_WITHIN_S:g} s to join", _TIMEOUT)
-    if isinstance(call.value, requests.Response):
+    if is_a(call.value, requests.Response):
         raise Fail(f"it returned the response object {show(call.value)}, not the members it holds",
                    'return response.json()["members"]')
     if newcomer not in apps[live].members:

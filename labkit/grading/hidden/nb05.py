@@ -4,7 +4,7 @@ import requests
 
 from labkit.apps import create
 from labkit import Link
-from labkit.grading.authoring import Fail, Question, AnswerRaised, describe_error, show
+from labkit.grading.authoring import AnswerRaised, Fail, Question, describe_error, is_a, show
 
 #: The service the registry lists, and the path every call asks for.
 SERVICE, PATH = "inventory", "/whoami"
@@ -74,18 +74,18 @@ class _Setup:
 
     def call(self, number: int, live, dead=(), expect_resolve_again: bool = False) -> str:
         """Call the answer once; return the label of the instance that answered, or raise Fail."""
-        run, start = self.run, len(self.run.trace)
+        run, start = self.run, len(self.run.told)
         try:
             call = run.call(self.client, self.registry.url, SERVICE, PATH)
         except AnswerRaised as raised:
             if isinstance(raised.error, NotImplementedError):
                 raise  # still the stub: "not attempted yet"
-            raise self._explain(number, raised.error, run.trace.events()[start:], set(dead),
+            raise self._explain(number, raised.error, run.told[start:], set(dead),
                                 expect_resolve_again) from None
         if call.seconds > CALL_S:
             raise Fail(f"call {number} took more than {CALL_S:g} s to return", _TIMEOUT)
         value = call.value
-        if isinstance(value, requests.Response):
+        if is_a(value, requests.Response):
             raise Fail(f"call {number} returned the response object {show(value)}, not its JSON body",
                        "return response.json()")
         if isinstance(value, dict) and "error" in value:
@@ -98,6 +98,7 @@ class _Setup:
         return value["instance"]
 
     def _explain(self, number: int, error, events, dead: set, expect_resolve_again: bool) -> Fail:
+        """Why the answer failed, from the sends its client says it made (they explain; they decide nothing)."""
         sent = [e.dst for e in events if e.kind == "send" and e.src == self.client.name]
         lookups = sent.count(self.registry.name)
         tried = [_label(d) for d in sent if d != self.registry.name]

@@ -21,7 +21,7 @@ from labkit.apps import create
 from labkit.apps import tokens
 from labkit.apps.auth import FAST_HASHING, forge, forge_hs256
 from labkit.apps.kit import ManualClock
-from labkit.grading.authoring import Fail, Question, show
+from labkit.grading.authoring import Fail, Question, show, type_name
 
 USERS = {"alice": ("alice's password", ["reader", "writer"]), "bob": ("bob's password", ["reader"])}
 AUDIENCE = "notes"
@@ -81,12 +81,12 @@ def _bearer(token: str) -> Headers:
 
 def _status_of(value, case: str) -> tuple[int, object]:
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        kind = type(value).__name__
+        kind = type_name(value)
         raise Fail(f"{case}: it returned a {kind}, not a pair (status, claims_or_reason)",
                    "return a tuple such as (200, claims), (401, \"why\") or (403, \"why\")")
     status, detail = value
     if isinstance(status, bool) or not isinstance(status, int):
-        raise Fail(f"{case}: the status it returned is a {type(status).__name__}, not an int",
+        raise Fail(f"{case}: the status it returned is a {type_name(status)}, not an int",
                    "return the status as an int: 200, 401 or 403")
     return status, detail
 
@@ -101,7 +101,7 @@ def _expect_ok(run, headers, key, role, user: str, case: str) -> None:
                     "after 'Bearer '")
         raise Fail(f"{case}: it returned status {status}, expected 200", hint)
     if not isinstance(claims, dict) or claims.get("sub") != user or not isinstance(claims.get("roles"), list):
-        got = claims.get("sub") if isinstance(claims, dict) else type(claims).__name__
+        got = claims.get("sub") if isinstance(claims, dict) else type_name(claims)
         raise Fail(f"{case}: with status 200 it must return the token's claims (sub {user!r}), but it returned {got!r}",
                    "return (200, claims) with the dict jwt.decode gives you")
 
@@ -114,7 +114,7 @@ def _expect_refused(run, headers, key, role, expected: int, case: str, hint: str
         raise Fail(f"{case}: it returned status {status}, expected {expected}", hint)
     if not isinstance(reason, str) or not reason:
         raise Fail(f"{case}: with status {expected} it must return a reason (a non-empty string), "
-                   f"not a {type(reason).__name__}", f'return ({expected}, "why the request is refused")')
+                   f"not a {type_name(reason)}", f'return ({expected}, "why the request is refused")')
 
 
 _INVALID = "a token that does not verify means nobody is authenticated: 401, not 403"
@@ -287,7 +287,7 @@ class _Pair:
 
 def _pair_of(value, case: str):
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise Fail(f"{case}: it returned a {type(value).__name__}, not a pair (notes, token)",
+        raise Fail(f"{case}: it returned a {type_name(value)}, not a pair (notes, token)",
                    "return a tuple: (notes, token)")
     return value
 
@@ -298,7 +298,7 @@ def _judge_notes(value, case: str, user: str):
         raise Fail(f"{case}: it returned notes {show(notes)}; the service holds {show(_NOTES)}",
                    'return response.json()["notes"] from GET notes_url + "/notes"')
     if not isinstance(token, str) or token.count(".") != 2 or _parts(token)[1].get("sub") != user:
-        raise Fail(f"{case}: the token it returned is not {user}'s token ({type(token).__name__})",
+        raise Fail(f"{case}: the token it returned is not {user}'s token ({type_name(token)})",
                    "return the token you used for the successful call, so the next call can use it again")
     return token
 

@@ -9,7 +9,7 @@ from collections import Counter
 import requests
 
 from labkit.apps import create
-from labkit.grading.authoring import Fail, Question, show
+from labkit.grading.authoring import Fail, Question, is_a, show
 
 #: Every call must return within this many seconds (the solution gives up trying after 2.5 s).
 LATENCY_S = 4.0
@@ -51,7 +51,7 @@ def _service(run, *, link=None, **faults):
 
 
 def _judge_charge(value, amount: int, number: int):
-    if isinstance(value, requests.Response):
+    if is_a(value, requests.Response):
         raise Fail(f"payment {number}: it returned the response object {show(value)}, not its JSON body",
                    "return response.json(), the charge")
     if value is None:

@@ -20,9 +20,10 @@ import time
 
 import sqlalchemy
 from flask import Flask, jsonify
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from labkit.apps import create
+from labkit.db import Database
 from labkit.grading.authoring import Fail, Question, describe_error, show
 
 # -- q8.1: an increment that cannot lose updates ----------------------------------------------
@@ -45,25 +46,11 @@ _LOCKED = ("two transactions read the same value, and then both tried to write i
 def _database(run):
     """A SQLite file in its default transaction mode, with counters "hits", "a" and "b" at 0."""
     folder = tempfile.mkdtemp(prefix="labkit-check-")
-    engine = sqlalchemy.create_engine(
-        "sqlite:///" + os.path.join(folder, "check.sqlite3"), poolclass=sqlalchemy.pool.QueuePool,
-        pool_size=8, max_overflow=32, connect_args={"check_same_thread": False, "timeout": 10})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA journal_mode = WAL")
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection):
-        connection.exec_driver_sql("BEGIN")  # SQLite's default: DEFERRED, reads do not lock out other readers
-
-    @event.listens_for(engine, "checkin")
-    def _slow(_dbapi_connection, _record):
-        time.sleep(SLOW_S)
-
     run.on_close(shutil.rmtree, folder, True)
-    run.on_close(engine.dispose)
+    database = Database("sqlite:///" + os.path.join(folder, "check.sqlite3"), name="counters·db",
+                        begin="deferred", pause_ms=SLOW_S * 1000)  # deferred: reads do not lock out other readers
+    run.on_close(database.close)
+    engine = database.engine
     with engine.begin() as tx:
         tx.execute(text("CREATE TABLE counters (name VARCHAR(40) PRIMARY KEY, value BIGINT NOT NULL, "
                         "version BIGINT NOT NULL)"))
