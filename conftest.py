@@ -3,14 +3,18 @@
 pytest-xdist spreads tests over workers (``-n`` in pyproject.toml) with ``--dist
 loadgroup``: one by one, except tests of one group, which share a worker. Each
 notebook is a group, since nbval runs its cells in order in one kernel; so is each
-module in ``ONE_WORKER``, whose module-scoped fixture (a grading run, a fresh
-virtual environment) is too expensive to build on every worker.
+module in ``ONE_WORKER``, whose module-scoped fixture (a fresh virtual environment) is
+too expensive to build on every worker. The modules that grade (``GRADING``) share one
+worker: each grades a class in its fixture, and test_grade checks that no process or
+folder of a grading run outlives it, which holds only when no other grading runs beside.
 """
 
 import pytest
 
 #: Test modules whose tests must share one worker.
-ONE_WORKER = {"test_grade.py", "test_binder.py"}
+ONE_WORKER = {"test_binder.py"}
+#: Test modules that grade submissions: one worker for all of them.
+GRADING = {"test_grade.py", "test_class_grading.py", "test_autograder.py"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -18,3 +22,5 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.suffix == ".ipynb" or item.path.name in ONE_WORKER:
             item.add_marker(pytest.mark.xdist_group(str(item.path)))
+        elif item.path.name in GRADING:
+            item.add_marker(pytest.mark.xdist_group("grading"))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m labkit doctor|serve|release|grade|bench``.
+"""Command line: ``python -m labkit doctor|serve|release|grade|autograder|bench``.
 
     python -m labkit doctor                  check that servers, links and the trace work here
     python -m labkit serve chat --port 5001  run a reference service as its own process
@@ -92,14 +92,13 @@ def main(argv=None) -> int:
                        help="an option of the service's create_app, such as name=inv-1 (repeatable)")
     serve.set_defaults(run=serve_cmd)
 
-    from labkit.grading import release
-    release.add_parser(commands)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] not in (["serve"], ["doctor"]):  # a service starts (and stops) without loading the grader's
+        from labkit import bench                 # tools: nbformat's import alone takes over a second
+        from labkit.grading import autograder, grade, release
 
-    from labkit.grading import grade
-    grade.add_parser(commands)
-
-    from labkit import bench
-    bench.add_parser(commands)
+        for module in (release, grade, autograder, bench):
+            module.add_parser(commands)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -47,8 +47,9 @@ def test_grading_metrics_are_opt_in_and_accepted_by_the_parser():
 
     from labkit import bench
 
-    assert {"grading_ratio", "grading_speedup"} <= set(bench.METRICS)
-    assert bench.OPT_IN == {"grading_ratio", "grading_speedup"}
+    grading = {"grading_ratio", "grading_speedup", "grading_shards_extra_pct"}
+    assert grading <= set(bench.METRICS)
+    assert bench.OPT_IN == grading | {"notebook_kernel_peak_mb", "notebook_kernel_cpu_s"}
     parser = argparse.ArgumentParser()
     bench.add_parser(parser.add_subparsers())
     args = parser.parse_args(["bench", "--quick", "--only", "grading_ratio", "--class-size", "3"])

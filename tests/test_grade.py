@@ -225,6 +225,32 @@ except OSError:
     pass
 '''
 
+# While its check cell runs, starts a check of its own on the examiner's socket, with an answer
+# that is right but slow and a time limit of its own choosing (found by a review).
+CHECKS_ON_THE_SIDE = """import builtins, os, socket, time
+from labkit.grading import answering
+
+def greet(client, base_url, name):
+    return "wrong"
+
+_calls = []
+def _too_slow(client, base_url, name):
+    _calls.append(name)
+    if len(_calls) == 1:
+        time.sleep(21)
+    return client.get(base_url + "/hello", params={"name": name}).json()["message"]
+
+_real_print = builtins.print
+def _print(*args, **kw):
+    if args and str(args[0]).startswith("q0.1 ") and not _calls:
+        path = os.environ["LABKIT_EXAMINER"]
+        s = socket.socket(socket.AF_UNIX)
+        s.connect("\\0" + path[1:] if path.startswith("@") else path)
+        answering._Connection(s).check("q0.1", _too_slow, 1000, False)
+    return _real_print(*args, **kw)
+builtins.print = _print
+"""
+
 SWALLOWS_INTERRUPTS = IMPORTS + '''while True:
     try:
         time.sleep(0.1)
@@ -375,6 +401,7 @@ def graded(tmp_path_factory):
                                                           "q1.3": PRINTS_WHILE_CHECKED}))
     write(folder, "hostile-4.ipynb", with_answers(NB01, {"q1.1": FORGES_THE_HIDDEN_TESTS, "q1.2": EQUALS_EVERYTHING,
                                                           "q1.3": WRITES_THE_RECORD}))
+    write(folder, "hostile-5.ipynb", with_answers(NB00, {"q0.1": CHECKS_ON_THE_SIDE}))
     over_time = write(tmp_path_factory.mktemp("slow"), "over-time.ipynb",
                       with_answers(NB00, {"q0.1": SWALLOWS_INTERRUPTS}))
 
@@ -420,7 +447,7 @@ def test_the_solution_edition_scores_full_marks(graded):
         for q, r in records.items():
             assert r.passed and r.points == r.max_points == 1, r
             question = questions()[q]
-            assert r.message == verdicts.passed(q, len(question.tests), question.runs).line
+            assert r.message == verdicts.passed(q, len(question.tests), question.runs, grader=True).line
 
 
 def test_the_student_edition_scores_zero_not_attempted(graded):
@@ -530,6 +557,13 @@ def test_an_answer_that_disables_the_hidden_tests_earns_nothing(graded):
     r = graded["by"]["hostile-4.ipynb"]["q1.1"]
     assert not r.passed and r.points == 0
     assert r.message.startswith("q1.1 failed: a healthy service: it returned 'nonsense'"), r.message
+
+
+def test_a_check_started_on_the_side_decides_nothing(graded):
+    """Only the first check that started while the check cell ran counts, with the question's time limit."""
+    r = graded["by"]["hostile-5.ipynb"]["q0.1"]
+    assert not r.passed and r.message.startswith("q0.1 failed: one name, straight to the service: "), r.message
+    assert "'wrong'" in r.message, r.message
 
 
 def test_a_value_that_claims_to_equal_everything_is_only_its_data(graded):
@@ -644,7 +678,9 @@ def test_the_command_writes_json_csv_and_a_table(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(data) == 6
-    assert set(data[0]) == {"submission", "notebook", "question", "passed", "points", "max_points", "message"}
+    assert set(data[0]) == {"submission", "notebook", "question", "passed", "points", "max_points", "message",
+                            "status", "seconds", "student_id"}
+    assert data[0]["status"] == "unreadable" and data[0]["seconds"] is None
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["submission"]).name for r in rows] == ["alice.ipynb", "bob.ipynb"]

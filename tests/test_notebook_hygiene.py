@@ -114,7 +114,7 @@ def test_every_notebook_stops_everything_it_started(path):
     for cell in nb.cells:
         marks = release.role(cell)
         if marks and marks[1] == "check":
-            assert stdout(cell).startswith(f"{marks[0]} passed: "), stdout(cell)
+            assert stdout(cell).startswith(f"{marks[0]} passed the public tests: "), stdout(cell)
 
 
 def test_the_student_edition_says_not_attempted_in_every_check():

@@ -3,8 +3,10 @@
     python -m labkit bench                      the full run (about two minutes)
     python -m labkit bench --quick              fewer repeats (about half a minute)
     python -m labkit bench --only serve_ready_ms,link_overhead_us --json bench.json
-    python -m labkit bench --only grading_ratio,grading_speedup [--class-size N]
+    python -m labkit bench --only grading_ratio,grading_speedup,grading_shards_extra_pct [--class-size N]
                                                 the grading metrics: opt-in, minutes long
+    python -m labkit bench --only notebook_kernel_peak_mb,notebook_kernel_cpu_s
+                                                what a student's kernel needs, notebook by notebook
 
 Each figure is measured in the same run as its baseline, in alternating rounds
 (labkit, baseline, baseline, labkit, ...) so that a busy machine slows both sides
@@ -29,6 +31,8 @@ sequence_2000_s            plots.sequence on 2,000 events, rendered to PNG
 live_sequence_cpu_pct      the kernel's CPU a live sequence diagram takes to follow 200 events/s
                            (traffic with the widget minus the same traffic without it)
 kernel_rss_mb              peak memory of a Jupyter kernel that ran notebook 01
+notebook_kernel_peak_mb    peak memory of a kernel (and its examiner) per notebook (opt-in)
+notebook_kernel_cpu_s      CPU seconds a student's kernel uses per notebook (opt-in)
 gossip_rounds_ratio        rounds until news written at one of 8 peers reaches all, against
                            log2 N + ln N, the rounds push-only rumour spreading needs
 broker_requests_per_message_relay
@@ -51,21 +55,26 @@ concurrency_scaling_link   the counter service's throughput with 8 concurrent cl
 concurrency_scaling_direct the same with no Link: CPU work under one GIL, so near 1
 
 Opt-in metrics (``OPT_IN``): measured only when named with ``--only``, never by the
-default run, because grading runs notebook 01 in full once per submission (about half
-a minute each):
+default run, because they run whole notebooks (grading runs notebook 01 in full once per
+submission, about half a minute each):
 
+notebook_kernel_peak_mb    the largest, over the solution notebooks run top to bottom in a
+                           fresh kernel each, of the kernel's peak RSS plus its examiner's
+notebook_kernel_cpu_s      the largest CPU seconds (user + system) such a kernel and its
+                           examiner used; the note gives every notebook's two figures
 grading_ratio              seconds per submission when ``python -m labkit grade --jobs 1``
-                           grades copies of solutions/01_client_server.ipynb, against a
-                           plain ``pytest --nbval`` run of that notebook from a copy in an
-                           empty folder (median of 2 runs, 1 with ``--quick``, taken
-                           between the grading runs)
-grading_speedup            per-submission time with ``--jobs 1`` over that with
-                           ``--jobs <cpu count>``; target 0.8 x the cpu count
+                           grades a class of notebook 01, against a plain ``pytest --nbval``
+                           run of the solution edition from a copy in an empty folder
+                           (median of 2 runs, 1 with ``--quick``, taken between the grading runs)
+grading_speedup            per-submission time with ``--jobs 1`` over that with ``--jobs 2``
+grading_shards_extra_pct   the class graded as two shards and merged, against one run: the
+                           extra time in %, and whether the records are the same
 
-``--class-size N`` (default 30; 4 with ``--quick``) is the class: copies of the
-solution edition, so every hidden check runs and passes. ``--jobs <cpu count>``
-grades all N; ``--jobs 1`` grades min(N, 4) of them, since the time per submission
-is what both figures need.
+``--class-size N`` (default 100; 5 with ``--quick``) is the class: in turn two solutions,
+the student edition, wrong answers and hostile ones (one kills its kernel, one replaces
+``labkit.check``), as ``CLASS_KINDS`` says. ``--jobs 2`` grades all N; ``--jobs 1``
+grades the first 5 (one of each kind), since the time per submission is what the
+figures need.
 """
 
 
@@ -103,7 +112,7 @@ def selected(keys=None, class_size: int | None = None) -> list[str]:
 def run(keys=None, *, quick: bool = False, class_size: int | None = None) -> dict:
     """Measure ``keys`` (default: every metric but the opt-in ones); return the report as a dict.
 
-    ``class_size`` is the class the grading metrics grade (default 30, or 4 when quick).
+    ``class_size`` is the class the grading metrics grade (default 100, or 5 when quick).
     """
     keys = selected(keys, class_size)
     plan = tools.Plan(quick, class_size)
@@ -128,7 +137,7 @@ def run(keys=None, *, quick: bool = False, class_size: int | None = None) -> dic
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
         "quick": quick,
-        **({"class_size": plan.class_size} if OPT_IN & wanted else {}),
+        **({"class_size": plan.class_size} if any(k.startswith("grading_") for k in wanted) else {}),
         "seconds": round(time.perf_counter() - started, 1),
         **{key: results[key] for key in keys},
     }
@@ -158,10 +167,13 @@ def table(report: dict) -> str:
     lines.append(f"\n{machine['cpu_count']} CPUs, Python {machine['python']}, {report['date']}, "
                  f"{report['seconds']} s{' (quick)' if report['quick'] else ''}; notes in the JSON")
     if "class_size" in report:
-        lines.append(f"grading metrics: a class of {report['class_size']} copies of solutions/{core.NOTEBOOK_01}.ipynb")
+        lines.append(f"grading metrics: a class of {report['class_size']} submissions of {core.NOTEBOOK_01} "
+                     f"({', '.join(core.CLASS_KINDS)}, in turn)")
     else:
-        lines.append(f"grading metrics ({', '.join(key for key in METRICS if key in OPT_IN)}) are opt-in: "
-                     f"--only {','.join(key for key in METRICS if key in OPT_IN)} [--class-size N]")
+        grading = [key for key in METRICS if key in OPT_IN and key.startswith("grading_")]
+        others = [key for key in METRICS if key in OPT_IN and key not in grading]
+        lines.append(f"opt-in: --only {','.join(grading)} [--class-size N] (the grader), "
+                     f"--only {','.join(others)} (a student's kernel)")
     return "\n".join(lines)
 
 

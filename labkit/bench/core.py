@@ -21,7 +21,7 @@ def _env() -> dict:
 
 
 #: At most this many submissions are graded with ``--jobs 1``.
-SERIAL_SUBMISSIONS = 4
+SERIAL_SUBMISSIONS = 5  # one of each kind of CLASS_KINDS
 
 
 def _hello_app():
@@ -548,6 +548,57 @@ def bench_kernel(plan: Plan, keys: set) -> dict:
         f"{now_mb:.0f} MB; {errors} cell(s) raised; ran in {time.perf_counter() - started:.1f} s")}
 
 
+def _process_usage(pid: int) -> tuple[float, float, float]:
+    """(peak RSS MB, RSS MB now, CPU seconds) of a live process, from /proc (Linux)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024,
+            (int(stat[11]) + int(stat[12])) / ticks)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@measures(("notebook_kernel_peak_mb", "<=", 400.0, "MB"), ("notebook_kernel_cpu_s", "<=", 120.0, "s"), opt_in=True)
+def bench_notebook_kernels(plan: Plan, keys: set) -> dict:
+    """What one student needs: each solution notebook run top to bottom in a fresh kernel, then
+    the kernel's peak memory (with its examiner's) and the CPU seconds both used."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    paths = sorted((ROOT / "solutions").glob("[0-9][0-9]_*.ipynb"))[:plan(99, 2)]
+    rows = []
+    for path in paths:
+        notebook = nbformat.read(str(path), as_version=4)
+        client = NotebookClient(notebook, timeout=600, kernel_name="python3", allow_errors=True,
+                                resources={"metadata": {"path": str(path.parent)}})
+        with client.setup_kernel(env=_env(), cwd=str(path.parent), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL):
+            for index, cell in enumerate(notebook.cells):
+                client.execute_cell(cell, index)
+            pid = client.km.provisioner.pid
+            peak, _, cpu = _process_usage(pid)
+            for child in _children(pid):  # the examiner its checks started, if any
+                child_peak, _, child_cpu = _process_usage(child)
+                peak, cpu = peak + child_peak, cpu + child_cpu
+        rows.append((path.stem[:2], peak, cpu))
+    each = ", ".join(f"{n}: {mb:.0f} MB {s:.0f} s" for n, mb, s in rows)
+    note = (f"each solution notebook run top to bottom in a fresh kernel (nbclient); peak RSS (VmHWM) of the "
+            f"kernel plus the examiner its checks start, and their CPU seconds (user + system), read from /proc "
+            f"before shutdown: {each}; the value is the largest")
+    results = {}
+    if "notebook_kernel_peak_mb" in keys:
+        results["notebook_kernel_peak_mb"] = entry("notebook_kernel_peak_mb", max(r[1] for r in rows), None, note)
+    if "notebook_kernel_cpu_s" in keys:
+        results["notebook_kernel_cpu_s"] = entry("notebook_kernel_cpu_s", max(r[2] for r in rows), None, note)
+    return results
+
+
 # -- grading (opt-in) ---------------------------------------------------------
 
 NOTEBOOK_01 = "01_client_server"
@@ -607,12 +658,46 @@ def _plain_nbval(notebook: Path, cell_timeout: float, limit_s: float) -> float:
     return seconds
 
 
-@measures(("grading_ratio", "<=", 1.5, "x"), ("grading_speedup", ">=", 0.8 * CPUS, "x"), opt_in=True)
-def bench_grading(plan: Plan, keys: set) -> dict:
-    """grading_ratio and grading_speedup: grading a class of copies of solutions/01_client_server.ipynb."""
-    import shutil
+#: The kinds of submission in a benchmark class, in turn: what a real class hands in.
+CLASS_KINDS = ("solution", "solution", "student edition", "wrong", "hostile")
 
-    from labkit.grading import grade
+_WRONG_01 = {"q1.1": "def fetch_or_none(client, url):\n    return client.get(url).json()\n",
+             "q1.2": "def order_totals(client, base_url, order_ids):\n    return {}\n",
+             "q1.3": "def next_messages(client, base_url, after):\n    return []\n"}
+_HOSTILE_01 = {"q1.1": "import os\nos._exit(3)\n",  # kills its kernel: the grader runs the notebook again
+               "q1.2": "import labkit\nlabkit.check = lambda *a, **k: print('q1.2 passed')\n"
+                       "def order_totals(client, base_url, order_ids):\n    return {}\n",
+               "q1.3": "def next_messages(client, base_url, after):\n    raise SystemExit\n"}
+
+
+def _write_class(folder: Path, size: int) -> list[Path]:
+    """A class of notebook 01: solutions, the student edition, wrong answers and hostile ones, in turn."""
+    import nbformat
+
+    from labkit.grading import release
+
+    solution = nbformat.read(str(ROOT / "solutions" / f"{NOTEBOOK_01}.ipynb"), as_version=4)
+    student = nbformat.read(str(ROOT / "notebooks" / f"{NOTEBOOK_01}.ipynb"), as_version=4)
+    paths = []
+    for number in range(size):
+        kind = CLASS_KINDS[number % len(CLASS_KINDS)]
+        nb = solution if kind == "solution" else nbformat.from_dict(student)
+        for cell in nb.cells if kind in ("wrong", "hostile") else ():
+            marks = release.role(cell)
+            if marks and marks[1] == "answer":
+                cell.source = (_WRONG_01 if kind == "wrong" else _HOSTILE_01)[marks[0]]
+        path = folder / f"student{number + 1:03d}" / f"{NOTEBOOK_01}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(nb, str(path))
+        paths.append(path)
+    return paths
+
+
+@measures(("grading_ratio", "<=", 1.2, "x"), ("grading_speedup", ">=", 1.7, "x"),
+          ("grading_shards_extra_pct", "<=", 5.0, "%"), opt_in=True)
+def bench_grading(plan: Plan, keys: set) -> dict:
+    """grading_ratio, grading_speedup and grading_shards_extra_pct: grading a mixed class of notebook 01."""
+    from labkit.grading import grade, results as outputs
 
     solutions = ROOT / "solutions"
     notebook = solutions / f"{NOTEBOOK_01}.ipynb"
@@ -620,34 +705,31 @@ def bench_grading(plan: Plan, keys: set) -> dict:
         return {key: not_measured(key, f"{notebook.relative_to(ROOT)} does not exist") for key in keys}
     size = plan.class_size
     serial = min(size, SERIAL_SUBMISSIONS)
-    jobs = CPUS
+    jobs = 2
     options = grade.Options(expect=NOTEBOOK_01)
     n_questions = len(grade.load_solutions(solutions)[NOTEBOOK_01].questions)
     outcomes = {"full marks": 0, "graded": 0, "runs": []}
 
-    def grade_class(paths, jobs_: int) -> tuple[float, list[float]]:
-        """(wall-clock seconds, seconds at which each submission finished) for grading ``paths``."""
+    def grade_class(paths, jobs_: int, shard=None) -> tuple[float, list[float], list]:
+        """(wall-clock seconds, seconds at which each submission finished, records) for grading ``paths``."""
         finished = []
         started = time.perf_counter()
-        records = grade.grade(paths, solutions=solutions, jobs=jobs_, options=options,
+        records = grade.grade(paths, solutions=solutions, jobs=jobs_, options=options, shard=shard,
                               progress=lambda *args: finished.append(time.perf_counter() - started))
         seconds = time.perf_counter() - started
-        outcomes["runs"].append(f"{len(paths)} with --jobs {jobs_}")
+        outcomes["runs"].append(f"{len(finished)} with --jobs {jobs_}" + (f" --shard {shard[0]}/{shard[1]}" if shard else ""))
         by_submission: dict[str, list] = {}
         for record in records:
             by_submission.setdefault(record.submission, []).append(record)
         for rs in by_submission.values():
             outcomes["graded"] += 1
             outcomes["full marks"] += len(rs) == n_questions and all(r.passed for r in rs)
-        return seconds, finished
+        return seconds, finished, records
 
     with _scratch("labkit-bench-class-") as folder:
-        paths = []
-        for number in range(1, size + 1):
-            path = folder / f"student{number:02d}" / f"{NOTEBOOK_01}.ipynb"
-            path.parent.mkdir()
-            shutil.copyfile(notebook, path)
-            paths.append(path)
+        paths = _write_class(folder, size)
+        mix = ", ".join(f"{sum(CLASS_KINDS[i % len(CLASS_KINDS)] == k for i in range(size))} {k}"
+                        for k in dict.fromkeys(CLASS_KINDS))
         # Alternating: half the serial submissions, the baseline, the other half, and (not
         # quick) the baseline again, so both sides share the machine's state; the first
         # grading run pays for the cold caches, which counts against the grader.
@@ -659,7 +741,7 @@ def bench_grading(plan: Plan, keys: set) -> dict:
                 if "grading_ratio" in keys and (not baseline or not plan.quick):
                     baseline.append(_plain_nbval(notebook, options.cell_timeout, options.time_limit))
             elif step:
-                seconds, ends = grade_class(step, 1)
+                seconds, ends, _ = grade_class(step, 1)
                 finished.extend(serial_s + end for end in ends)
                 serial_s += seconds
         per_serial = serial_s / serial
@@ -669,22 +751,40 @@ def bench_grading(plan: Plan, keys: set) -> dict:
             plain = median(baseline)
             results["grading_ratio"] = entry(
                 "grading_ratio", per_serial / plain, plain,
-                f"grade --jobs 1 on {serial} of a class of {size} copies of solutions/{NOTEBOOK_01}.ipynb "
-                f"(every hidden check runs): {per_serial:.1f} s per submission ({serial_s:.1f} s in all; "
-                f"each {min(spans):.1f}-{max(spans):.1f} s, including the grader's own overhead), against "
-                f"the median of {len(baseline)} plain run(s) of python -m pytest --nbval --nbval-current-env "
-                f"on that notebook from a copy in an empty folder ({', '.join(f'{b:.1f}' for b in baseline)} s), "
-                f"alternating with the grading runs; baseline in s")
+                f"grade --jobs 1 on the first {serial} of a class of {size} submissions of {NOTEBOOK_01} "
+                f"({mix}): {per_serial:.1f} s per submission ({serial_s:.1f} s in all; "
+                f"each {min(spans):.1f}-{max(spans):.1f} s, including the grader's own overhead and the reruns "
+                f"after a killed kernel), against the median of {len(baseline)} plain run(s) of python -m pytest "
+                f"--nbval --nbval-current-env on the solution edition from a copy in an empty folder "
+                f"({', '.join(f'{b:.1f}' for b in baseline)} s), alternating with the grading runs; baseline in s")
+        if {"grading_speedup", "grading_shards_extra_pct"} & keys:
+            parallel_s, _, whole = grade_class(paths, jobs)
         if "grading_speedup" in keys:
-            parallel_s, _ = grade_class(paths, jobs)
-            per_parallel = parallel_s / size
             results["grading_speedup"] = entry(
-                "grading_speedup", per_serial / per_parallel, per_serial,
-                f"grade --jobs {jobs} on all {size} submissions: {parallel_s:.1f} s, {per_parallel:.1f} s per "
-                f"submission, against --jobs 1 on {serial} of them: {per_serial:.1f} s per submission "
-                f"(value = the ratio of the two per-submission times, i.e. of the throughputs"
-                f"{f'; the last of its rounds grades only {size % jobs}' if size % jobs else ''}); "
-                f"{CPUS} CPUs; baseline = --jobs 1 s per submission")
+                "grading_speedup", per_serial / (parallel_s / size), per_serial,
+                f"grade --jobs {jobs} on all {size} submissions ({mix}): {parallel_s:.1f} s, "
+                f"{parallel_s / size:.1f} s per submission, against --jobs 1 on the first {serial} (one of each "
+                f"kind, in the class's proportions): {per_serial:.1f} s per submission (the ratio of the "
+                f"throughputs); {CPUS} CPUs; baseline = --jobs 1 s per submission")
+        if "grading_shards_extra_pct" in keys:
+            parts, shard_s = [], []
+            for index in range(2):
+                seconds, _, records = grade_class(paths, jobs, shard=(index, 2))
+                parts.append(records)
+                shard_s.append(seconds)
+            started = time.perf_counter()
+            merged = outputs.merge(parts)
+            merge_s = time.perf_counter() - started
+            strip = lambda rs: [{k: v for k, v in vars(r).items() if k != "seconds"} for r in rs]
+            same = strip(merged) == strip(whole)
+            total = sum(shard_s) + merge_s
+            results["grading_shards_extra_pct"] = entry(
+                "grading_shards_extra_pct", (total / parallel_s - 1) * 100, parallel_s,
+                f"the class graded as two shards one after the other (--shard 0/2 and 1/2, --jobs {jobs}: "
+                f"{shard_s[0]:.1f} s and {shard_s[1]:.1f} s) and merged ({merge_s * 1000:.0f} ms), against one "
+                f"run over the whole class ({parallel_s:.1f} s); the merged records "
+                f"{'equal' if same else 'DIFFER FROM'} the one run's (the times checks took aside); "
+                f"baseline = the one run in s")
     note = (f"; {outcomes['full marks']}/{outcomes['graded']} gradings ({', '.join(outcomes['runs'])}) "
             f"scored full marks ({n_questions} questions)")
     for result in results.values():

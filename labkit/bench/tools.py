@@ -24,7 +24,7 @@ BENCHES: dict[str, object] = {}
 #: Metrics measured only when named with ``--only``: the default run leaves them out.
 OPT_IN: set[str] = set()
 #: Class size for the grading metrics: the issue's class, and the one of ``--quick``.
-CLASS_SIZE, CLASS_SIZE_QUICK = 30, 4
+CLASS_SIZE, CLASS_SIZE_QUICK = 100, 5
 
 
 def measures(*metrics: tuple[str, str, float, str], opt_in: bool = False):

@@ -12,6 +12,10 @@
     guard.py     runs first in a graded kernel: undoes a submission's patches of labkit
     sandbox.py   runs a graded kernel, and its examiner, as throwaway users (root only)
     probe.py     pytest plugin: nbval's per-cell results for the grader
+    results.py   what grading writes: records, tables, Gradescope/PrairieLearn results, gradebooks, merges
+    feedback.py  a feedback file per submission (Markdown and HTML)
+    report.py    statistics over a class (HTML with a picture, and JSON)
+    autograder.py python -m labkit autograder: a Gradescope zip or a PrairieLearn external grader
 
 README.md in this folder: how to release, collect, grade and read the results, and how
 to add an exercise.

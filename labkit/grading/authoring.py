@@ -23,11 +23,13 @@ import contextlib
 import ctypes
 import dataclasses
 import importlib
+import importlib.util
 import logging
 import pkgutil
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import requests
@@ -54,7 +56,8 @@ _GRACE_S = 3.0
 _HIDDEN_PACKAGE = "labkit.grading.hidden"
 _questions: dict[str, "Question"] = {}
 _loaded = False
-_load_lock = threading.Lock()
+_loading_private = False
+_load_lock = threading.RLock()  # a private test module asks for questions() while it loads
 
 
 # -- what the tests raise ----------------------------------------------------
@@ -93,6 +96,8 @@ class HiddenTest:
     seeds: tuple = (None,)
     #: exception type -> hint, for answers that raise during this test
     raise_hints: dict = dataclasses.field(default_factory=dict)
+    #: an instructor's test, loaded only by the grader (--private-tests)
+    private: bool = False
 
 
 class Question:
@@ -119,7 +124,7 @@ class Question:
         """Decorator: add a hidden test called ``name``, run once per seed in ``seeds``."""
 
         def add(function):
-            self.tests.append(HiddenTest(name, function, tuple(seeds), dict(raise_hints or {})))
+            self.tests.append(HiddenTest(name, function, tuple(seeds), dict(raise_hints or {}), _loading_private))
             return function
 
         return add
@@ -143,6 +148,24 @@ def questions() -> dict[str, "Question"]:
                 importlib.import_module(f"{_HIDDEN_PACKAGE}.{module}")
             _loaded = True
     return dict(sorted(_questions.items(), key=lambda item: _order(item[0])))
+
+
+def load_private(folder) -> int:
+    """Import every ``*.py`` of ``folder``: the instructor's private tests, added to the questions they
+    name (``questions()["q1.1"].test(...)``). The number of tests added."""
+    global _loading_private
+    questions()
+    before = sum(len(q.tests) for q in _questions.values())
+    with _load_lock:
+        _loading_private = True
+        try:
+            for path in sorted(Path(folder).glob("*.py")):
+                spec = importlib.util.spec_from_file_location(f"labkit_private_tests.{path.stem}", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+        finally:
+            _loading_private = False
+    return sum(len(q.tests) for q in _questions.values()) - before
 
 
 def _order(question_id: str):

@@ -1,7 +1,7 @@
 """``labkit.check``: run a question's hidden tests against real servers, print one verdict.
 
     >>> labkit.check("q1.1", fetch_or_none)                 # doctest: +SKIP
-    q1.1 passed: 8 hidden tests, 11 runs against real servers.
+    q1.1 passed the public tests: 8 tests, 11 runs against real servers; the grader may run more.
 
 The hidden tests live in ``labkit/grading/hidden/`` (written with
 :mod:`labkit.grading.authoring`); the lines are :mod:`labkit.grading.verdicts`.
@@ -70,13 +70,14 @@ def _merged(sent: dict, connection):
     return Trace([dataclasses.replace(e, t=at - origin) for at, e in everything], start=origin)
 
 
-def verdict(question: str, answer, *, time_limit: float | None = None):
+def verdict(question: str, answer, *, time_limit: float | None = None, grader: bool = False):
     """(the :class:`Verdict`, the trace of the failing run or None). Never raises.
 
-    The grader's guard (:mod:`labkit.grading.guard`) calls this directly.
+    The examiner calls this; ``grader`` says whether it is the grader's (its pass line
+    then counts the private tests too).
     """
     try:
-        return _grade(question, answer, time_limit)
+        return _grade(question, answer, time_limit, grader)
     except KeyboardInterrupt:
         return verdicts.not_checked(question, "not checked: interrupted."), None
     except Exception as error:  # a bug in a hidden test: say so, never raise
@@ -85,7 +86,7 @@ def verdict(question: str, answer, *, time_limit: float | None = None):
                                               f"{describe_error(error)}. Please report this to the course team."), None
 
 
-def _grade(question_id, answer, time_limit) -> tuple[Verdict, object]:
+def _grade(question_id, answer, time_limit, grader: bool) -> tuple[Verdict, object]:
     known = questions()
     if question_id not in known:
         return verdicts.not_checked(str(question_id), f"is not a question of this workbook; the questions are "
@@ -101,6 +102,7 @@ def _grade(question_id, answer, time_limit) -> tuple[Verdict, object]:
     for test in question.tests:
         for seed in test.seeds:
             name = test.name if seed is None else f"{test.name} (seed {seed})"
+            name = f"a private test, {name}" if test.private else name
             with Run(answer, seed, limit) as run:
                 try:
                     test.run(run)
@@ -116,7 +118,8 @@ def _grade(question_id, answer, time_limit) -> tuple[Verdict, object]:
                 except _Overrun as overrun:
                     return verdicts.failed(question.id, f"stopped after {overrun.limit:g} s: the answer did not "
                                                         f"return", question.hang_hint), run.trace
-    return verdicts.passed(question.id, len(question.tests), question.runs), None
+    private = sum(t.private for t in question.tests)
+    return verdicts.passed(question.id, len(question.tests), question.runs, private=private, grader=grader), None
 
 
 def _signature_problem(question, answer) -> str:

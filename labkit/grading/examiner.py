@@ -149,13 +149,16 @@ class Examiner:
     def _check(self, message: dict) -> None:
         from .checker import verdict
 
+        started = time.time()
         question = message.get("question")
         limit = message.get("time_limit")
-        limit = float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0 else None
-        answer = RemoteAnswer(self, message) if message.get("defined") else None
-        result, trace = verdict(str(question), answer, time_limit=limit)
+        limit = float(limit) if isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0 < limit < 3600 else None
         if self._record is not None:
-            self._write(result)
+            limit = None  # the grader's: every answer gets the question's own time limit, whatever the kernel asks
+        answer = RemoteAnswer(self, message) if message.get("defined") else None
+        result, trace = verdict(str(question), answer, time_limit=limit, grader=self._record is not None)
+        if self._record is not None:
+            self._write(result, started)
         reply = {"op": "verdict", "id": message.get("id"), "line": result.line, "status": result.status,
                  "passed": result.passed}
         if trace is not None and message.get("diagram"):
@@ -165,10 +168,10 @@ class Examiner:
                               "events": [wire.plain(vars(e)) for e in trace.events()], "names": tracing.names()}
         self._send_quietly(reply)
 
-    def _write(self, result) -> None:
+    def _write(self, result, started: float) -> None:
         line = json.dumps({"question": result.question, "status": result.status, "passed": result.passed,
                            "points": self._points.get(result.question, 1.0) if result.passed else 0.0,
-                           "message": result.line, "t": time.time()})
+                           "message": result.line, "started": started, "t": time.time()})
         with self._record_lock:
             self._record.write(line + "\n")
             self._record.flush()
@@ -274,6 +277,7 @@ class _RunAnswer:
             recipe = getattr(value, "labkit_recipe", None)
             if recipe is None:
                 raise TypeError("a check can hand the answer only an engine labkit.db.Database made")
+            _open_to_group(value)
             return {"$": "engine", "ref": self._ref(value), "recipe": recipe}
         if isinstance(value, (dict, list, set)):
             known = self._shared.get(id(value))
@@ -303,6 +307,20 @@ class _RunAnswer:
         self.examiner._send_quietly({"op": "end-run", "run": self.number})
 
 
+def _open_to_group(engine) -> None:
+    """Let the answer's kernel (isolated, it is in this process's group alone) open a SQLite file handed
+    to it: its folder and files become the group's too (SQLite gives later journals the file's mode)."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or not os.path.exists(database):
+        return
+    folder = os.path.dirname(os.path.abspath(database))
+    if os.stat(folder).st_uid == os.geteuid():
+        os.chmod(folder, 0o2770)
+    for path in (database, database + "-wal", database + "-shm", database + "-journal"):  # WAL keeps its files
+        if os.path.exists(path) and os.stat(path).st_uid == os.geteuid():
+            os.chmod(path, 0o660)
+
+
 # -- the process ----------------------------------------------------------------------------
 
 
@@ -324,14 +342,17 @@ def main(argv=None) -> int:
     parser.add_argument("--record", help="append each verdict here (a JSON line)")
     parser.add_argument("--points", default="{}", help="question -> points, as JSON")
     parser.add_argument("--tmp", help="the folder for temporary files (the databases the tests make)")
+    parser.add_argument("--private", help="a folder of the instructor's private tests (*.py) to load too")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("labkit").setLevel(logging.ERROR)  # the services' warnings about answers are expected here
     if args.tmp:
         tempfile.tempdir = os.environ["TMPDIR"] = args.tmp
-    from .authoring import questions
+    from .authoring import load_private, questions
 
     questions()  # every hidden test loaded before the first check
+    if args.private:
+        load_private(args.private)
     record = open(args.record, "a", encoding="utf-8") if args.record else None
     options = {"record": record, "points": json.loads(args.points)}
     if args.fd is not None:

@@ -23,18 +23,21 @@ For each submission the grader
    only there, and it writes each verdict to a file the kernel cannot reach;
 5. reads nbval's result for each cell (:mod:`labkit.grading.probe`) and the verdicts
    the examiner recorded (question, passed, points, message); a question passes when
-   the examiner recorded a passed verdict for it while its check cell ran. The message
+   the first check the examiner started for it while its check cell ran passed. The message
    is the verdict line itself, the same line ``labkit.check`` prints in the student's
    notebook for the same answer;
 6. if the kernel died or the run was killed, the question whose cell broke it scores 0
    with a message saying so, and the notebook runs again with that answer left out,
    so the other questions are still graded.
 
-It writes ``RESULTS.json`` (one record per submission and question: submission,
-notebook, question, passed, points, max_points, message) and ``RESULTS.csv`` (one row
-per submission, one column per question, and the total), and prints a table. Exit
-status 0 when grading ran, whatever the scores; 2 when it cannot run (no such file, no
-solution edition).
+It writes ``RESULTS.json`` (one :class:`~labkit.grading.results.Record` per submission
+and question) and ``RESULTS.csv`` (one row per submission, one column per question, and
+the total), and prints a table; or, with ``--format gradescope|prairielearn``, that
+platform's results for one submission. ``--feedback``, ``--report`` and ``--roster`` add
+feedback files, class statistics and a gradebook; ``--shard I/N`` grades one part of a
+class, and ``grade merge`` joins the parts (:mod:`labkit.grading.results`). Exit status
+0 when grading ran, whatever the scores; 2 when it cannot run (no such file, no solution
+edition, private tests that do not load).
 
 A question is worth 1 point unless its check cell's metadata says otherwise:
 ``{"labkit": {"question": "q1.1", "role": "check", "points": 2}}``.
@@ -56,11 +59,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
-import csv
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,8 @@ from pathlib import Path
 import nbformat
 
 from ..errors import GradeError
-from . import release, sandbox
+from . import feedback, release, report, results, sandbox
+from .results import Record
 
 #: Default seconds one cell may run before nbval interrupts it.
 CELL_TIMEOUT_S = 120.0
@@ -83,17 +85,6 @@ TIME_LIMIT_S = 600.0
 #: The cells the grader adds: one first in every notebook it runs, one before each check cell.
 RESTORE_CELL = "import labkit.grading.guard as _labkit_guard; _labkit_guard.restore(); del _labkit_guard"
 GUARD_CELL = "import labkit.grading.guard as _labkit_guard; _labkit_guard.install(); del _labkit_guard"
-
-
-@dataclasses.dataclass
-class Record:
-    submission: str
-    notebook: str | None
-    question: str | None
-    passed: bool
-    points: float
-    max_points: float
-    message: str
 
 
 # -- the solution editions ------------------------------------------------------------
@@ -299,9 +290,12 @@ def _matplotlib_dir() -> str | None:
     return str(cache) if cache.is_dir() else None
 
 
-def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_limit: float) -> RunResult:
+def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_limit: float,
+                 private_tests: Path | None = None, hide=()) -> RunResult:
     """Run ``nb`` under nbval in ``folder`` (fresh), beside an examiner of its own; kill everything at
-    ``time_limit``. ``points`` is what each question is worth. Where :mod:`labkit.grading.sandbox` can,
+    ``time_limit``. ``points`` is what each question is worth; the examiner also loads the
+    ``private_tests`` (a copy only it may read). Isolated, the folders in ``hide`` look empty to
+    the run. Where :mod:`labkit.grading.sandbox` can,
     the run is isolated: the kernel and the examiner each a user id of their own, in a network of
     their own."""
     grader, work, exam = folder / "grader", folder / "work", folder / "examiner"
@@ -317,11 +311,18 @@ def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_li
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LABKIT_", "JPY_"))}
     env.update(HOME=str(work), TMPDIR=str(work), TMP=str(work), TEMP=str(work),
                LABKIT_PROBE_OUT=str(probe_path), LABKIT_GRADE_RUN=token, PYTHONDONTWRITEBYTECODE="1",
-               LABKIT_EXAMINER=address)
+               LABKIT_EXAMINER=address, PYTHONPATH=str(_LABKIT_ROOT))  # this labkit
     shared = exam / "shared"  # the examiner's temporary files: the SQLite databases it hands the answer
     shared.mkdir()
     examiner = [sys.executable, "-m", "labkit.grading.examiner", "--listen", address, "--record", str(record),
                 "--points", json.dumps(points), "--tmp", str(shared)]
+    private = None
+    if private_tests is not None:
+        private = exam / "private"
+        private.mkdir(mode=0o700)
+        for path in sorted(Path(private_tests).glob("*.py")):
+            shutil.copyfile(path, private / path.name)
+        examiner += ["--private", str(private)]
     command = [sys.executable, "-m", "pytest", "-c", str(grader / "pytest.ini"), "--rootdir", str(work),
                "-p", "no:cacheprovider", "-p", "labkit.grading.probe", "--nbval", "--nbval-current-env",
                f"--nbval-cell-timeout={cell_timeout:g}", "-q", "-rN", "--tb=no", "--color=no", notebook.name]
@@ -335,10 +336,10 @@ def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_li
                 mpl = shutil.copytree(mpl, grader / "matplotlib")
             folder.chmod(0o711)
             lease.give(grader, work, notebook, *grader.rglob("*"))
-            judge.give(exam, record)
+            judge.give(exam, record, *([private, *private.iterdir()] if private else []))
             exam.chmod(0o711)
             shared.chmod(0o1777)  # both may make files here; only their owner may remove them
-            command = sandbox.wrap(lease.uid, command, examiner=(judge.uid, examiner))
+            command = sandbox.wrap(lease.uid, command, examiner=(judge.uid, examiner), hide=_hideable(hide))
         if mpl:
             env["MPLCONFIGDIR"] = str(mpl)
         started = time.monotonic()
@@ -364,9 +365,28 @@ def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_li
         for line in probe_path.read_text(encoding="utf-8", errors="replace").splitlines():
             if _is_json(line):
                 record_ = json.loads(line)
+                if not (isinstance(record_, dict) and isinstance(record_.get("cell"), int)
+                        and all(isinstance(record_.get(k), (int, float)) for k in ("start", "end"))):
+                    continue  # the kernel's user can write this file: only well-formed lines count
                 if record_.get("when") == "call" or record_["cell"] not in cells:
                     cells[record_["cell"]] = record_
     return RunResult(cells, lines, killed, time.monotonic() - started)
+
+
+_LABKIT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hideable(paths) -> list[str]:
+    """The folders a run must not read (the solutions, the private tests, the history) that exist
+    and hold neither this labkit nor the run's own folder."""
+    found = []
+    for path in paths:
+        if path is None or not Path(path).is_dir():
+            continue
+        path = Path(path).resolve()
+        if path not in (_LABKIT_ROOT, *_LABKIT_ROOT.parents) and not Path(tempfile.gettempdir()).resolve().is_relative_to(path):
+            found.append(str(path))
+    return sorted(set(found))
 
 
 @contextlib.contextmanager
@@ -383,6 +403,10 @@ def _examiner(command: list[str], env: dict, log):
         process.kill()
         process.wait()
         process.stdout.close()
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def _is_json(line: str) -> bool:
@@ -402,6 +426,7 @@ class Options:
     time_limit: float = TIME_LIMIT_S
     expect: str | None = None
     keep: bool = False
+    private_tests: Path | None = None   # a folder of extra hidden tests the examiner loads
 
 
 def grade_submission(path: Path, solutions: dict[str, Solution], options: Options,
@@ -420,25 +445,40 @@ def grade_submission(path: Path, solutions: dict[str, Solution], options: Option
     if problem:
         target = solutions.get(options.expect) if options.expect else None
         if target is None:
-            return [Record(label, None, None, False, 0.0, 0.0, problem)]
-        return [Record(label, target.name, q, False, 0.0, target.max_points[q], f"{q} not graded: {problem}")
-                for q in target.questions]
+            return [Record(label, None, None, False, 0.0, 0.0, problem, "unreadable")]
+        return [Record(label, target.name, q, False, 0.0, target.max_points[q], f"{q} not graded: {problem}",
+                       "unreadable") for q in target.questions]
     solution = solutions[name]
     answers = answers_of(nb)
-    missing = {q: (f"{q} not graded: no answer cell for {q} in the submission. The grader finds answers by "
-                   f"their cell metadata; the cell was deleted or its metadata (tags, labkit) removed.")
-               for q in solution.questions if q not in answers}
-    results: dict[str, tuple[bool, str]] = dict((q, (False, m)) for q, m in missing.items())
-    pending = [q for q in solution.questions if q not in results]
+    judged = {q: _Judged(False, f"{q} not graded: no answer cell for {q} in the submission. The grader finds "
+                                f"answers by their cell metadata; the cell was deleted or its metadata (tags, "
+                                f"labkit) removed.")
+              for q in solution.questions if q not in answers}
+    pending = [q for q in solution.questions if q not in judged]
     if pending:
-        results.update(_run_until_judged(solution, {q: answers[q] for q in pending}, options))
-    return [Record(label, solution.name, q, results[q][0],
-                   solution.max_points[q] if results[q][0] else 0.0, solution.max_points[q], results[q][1])
+        judged.update(_run_until_judged(solution, {q: answers[q] for q in pending}, options))
+    return [Record(label, solution.name, q, judged[q].passed, solution.max_points[q] if judged[q].passed else 0.0,
+                   solution.max_points[q], judged[q].message, judged[q].status, judged[q].seconds, _student_id(nb))
             for q in solution.questions]
 
 
-def _run_until_judged(solution: Solution, answers: dict[str, str], options: Options) -> dict[str, tuple[bool, str]]:
-    judged: dict[str, tuple[bool, str]] = {}
+def _student_id(nb) -> str:
+    """The notebook's metadata ``labkit.student_id``, for a roster that matches by it."""
+    meta = nb.metadata.get("labkit")
+    found = meta.get("student_id") if isinstance(meta, dict) else None
+    return str(found) if isinstance(found, (str, int)) and not isinstance(found, bool) else ""
+
+
+@dataclasses.dataclass
+class _Judged:
+    passed: bool
+    message: str
+    status: str = "not graded"
+    seconds: float | None = None
+
+
+def _run_until_judged(solution: Solution, answers: dict[str, str], options: Options) -> dict[str, _Judged]:
+    judged: dict[str, _Judged] = {}
     deadline = time.monotonic() + options.time_limit
     live = dict(answers)  # the student's answers still in the notebook
     for attempt in range(len(answers) + 1):
@@ -449,7 +489,8 @@ def _run_until_judged(solution: Solution, answers: dict[str, str], options: Opti
         try:
             nb, roles = merge(solution, live)
             result = run_notebook(nb, folder, points=solution.max_points, cell_timeout=options.cell_timeout,
-                                  time_limit=remaining)
+                                  time_limit=remaining, private_tests=options.private_tests,
+                                  hide=(solution.path.parent, options.private_tests, _LABKIT_ROOT / ".git"))
         finally:
             if not options.keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -462,37 +503,44 @@ def _run_until_judged(solution: Solution, answers: dict[str, str], options: Opti
         question, message = broke
         if question is None:  # the notebook itself broke, not an answer
             for q in list(live):
-                judged[q] = (False, f"{q} not graded: {message}")
+                judged[q] = _Judged(False, f"{q} not graded: {message}")
             live.clear()
             break
-        judged.setdefault(question, (False, message))
+        judged.setdefault(question, _Judged(False, message, "failed"))
         live.pop(question, None)
     for q in answers:
         if q not in judged:
-            judged[q] = (False, f"{q} not graded: the submission ran past the grader's time limit "
-                                f"of {options.time_limit:g} s")
+            judged[q] = _Judged(False, f"{q} not graded: the submission ran past the grader's time limit "
+                                       f"of {options.time_limit:g} s")
     return judged
 
 
 def _judge(solution: Solution, roles: list, result: RunResult, live: dict, options: Options):
-    """({question: (passed, message)} for the questions this run decided, and what broke the run).
+    """({question: _Judged} for the questions this run decided, and what broke the run).
 
     What broke is None (the run went to the end), or (question, message) for the question
     whose cell killed the kernel or the run, or (None, message) when no answer is to blame.
     """
     check_cell = {r[0]: i for i, r in enumerate(roles) if r and r[1] == "check"}
     answer_cell = {r[0]: i for i, r in enumerate(roles) if r and r[1] == "answer"}
-    found: dict[str, tuple[bool, str]] = {}
+    found: dict[str, _Judged] = {}
     for q in live:
         record = result.cells.get(check_cell[q])
         if record is None or record.get("kind") in ("dead",):
             continue
+        seconds = round(record["end"] - record["start"], 3)
+        # The check cell's own check is the first one that started while the cell ran: a check the
+        # answer starts on the side later (with an answer of its choosing) decides nothing.
         inside = [v for v in result.verdicts if v.get("question") == q
-                  and record["start"] - 0.5 <= v.get("t", 0) <= record["end"] + 0.5]
+                  and record["start"] - 0.5 <= _number(v.get("started")) <= record["end"] + 0.5]
         if inside:
-            found[q] = (inside[-1].get("passed") is True, str(inside[-1].get("message", "")))
+            verdict = min(inside, key=lambda v: _number(v.get("started")))
+            passed = verdict.get("passed") is True
+            found[q] = _Judged(passed, str(verdict.get("message", "")),
+                               "passed" if passed else str(verdict.get("status") or "failed"), seconds)
             continue
-        found[q] = (False, _why_no_verdict(q, record, result.cells.get(answer_cell[q]), options))
+        found[q] = _Judged(False, _why_no_verdict(q, record, result.cells.get(answer_cell[q]), options),
+                           "failed", seconds)
 
     # Did the run break (kernel died, run killed) before every check cell ran?
     broken_at, how = None, None
@@ -525,8 +573,8 @@ def _judge(solution: Solution, roles: list, result: RunResult, live: dict, optio
         return found, (None, f"the notebook stopped at {where}, before any answer ran: {what}")
     q, role = blamed
     cell = "answer cell" if role == "answer" else "check"
-    if q in found and found[q][0] is False and "not graded" not in found[q][1]:
-        message = found[q][1]
+    if q in found and not found[q].passed and "not graded" not in found[q].message:
+        message = found[q].message
     else:
         message = f"{q} failed: {what} while your {cell} for {q} ran, or after it. Hint: look for an exit, a kill, or a thread your answer leaves running."
         if how == "killed":
@@ -580,15 +628,18 @@ def find_submissions(paths) -> list[Path]:
 
 
 def grade(paths, *, solutions: Path, jobs: int | None = None, options: Options | None = None,
-          progress=None) -> list[Record]:
-    """Grade every submission in ``paths`` (files or folders); the records, submission by submission."""
+          progress=None, shard: tuple[int, int] | None = None) -> list[Record]:
+    """Grade every submission in ``paths`` (files or folders), or only part I of N of them
+    (``shard=(I, N)``); the records, submission by submission."""
     options = options or Options()
     known = load_solutions(solutions)
     if options.expect and options.expect not in known:
         raise GradeError(f"no solution edition for {options.expect} in {solutions}")
     submissions = find_submissions(paths)
+    if shard is not None:
+        submissions = results.shard(submissions, shard)
     jobs = max(1, jobs or os.cpu_count() or 1)
-    results: dict[int, list[Record]] = {}
+    graded: dict[int, list[Record]] = {}
     done = 0
     started = time.monotonic()
     try:
@@ -598,13 +649,13 @@ def grade(paths, *, solutions: Path, jobs: int | None = None, options: Options |
             futures = {pool.submit(_safely, submissions[i], known, options): i for i in order}
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
-                results[index] = future.result()
+                graded[index] = future.result()
                 done += 1
                 if progress:
-                    progress(done, len(submissions), submissions[index], results[index], time.monotonic() - started)
+                    progress(done, len(submissions), submissions[index], graded[index], time.monotonic() - started)
     finally:
         kill_all()
-    return [r for i in range(len(submissions)) for r in results.get(i, [])]
+    return [r for i in range(len(submissions)) for r in graded.get(i, [])]
 
 
 def _size(path: Path) -> int:
@@ -623,72 +674,42 @@ def _safely(path: Path, known, options: Options) -> list[Record]:
                        f"please report it")]
 
 
-# -- results ------------------------------------------------------------------------------------
-
-
-def _columns(records) -> list[str]:
-    qs = {r.question for r in records if r.question}
-    return sorted(qs, key=lambda q: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", q)])
-
-
-def table_rows(records):
-    """(header, rows): one row per submission, one column per question, and the total."""
-    columns = _columns(records)
-    rows: dict[str, dict] = {}
-    for r in records:
-        row = rows.setdefault(r.submission, {"submission": r.submission, "notebook": r.notebook or "",
-                                             "total": 0.0, "max": 0.0})
-        if r.question:
-            row[r.question] = r.points
-        row["total"] += r.points
-        row["max"] += r.max_points
-    return ["submission", "notebook", *columns, "total", "max"], list(rows.values())
-
-
-def write_results(records, out: Path) -> tuple[Path, Path]:
-    out = Path(out)
-    if out.suffix in (".json", ".csv"):
-        out = out.with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".csv")
-    json_path.write_text(json.dumps([dataclasses.asdict(r) for r in records], indent=1, ensure_ascii=False) + "\n",
-                         encoding="utf-8")
-    header, rows = table_rows(records)
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=header, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _number(v) for k, v in row.items()})
-    return json_path, csv_path
-
-
-def _number(value):
-    return f"{value:g}" if isinstance(value, float) else value
-
-
-def format_table(records) -> str:
-    header, rows = table_rows(records)
-    cells = [header] + [[_number(row.get(h, "")) if h != "submission" else row[h] for h in header] for row in rows]
-    widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 # -- command line -------------------------------------------------------------------------------
+
+#: What ``--format`` writes at ``--out``.
+FORMATS = {"results": "OUT.json (every record) and OUT.csv (one row per submission)",
+           "gradescope": "Gradescope's results.json for the one submission",
+           "prairielearn": "PrairieLearn's external grader results.json for the one submission"}
 
 
 def add_parser(commands) -> None:
     """Add the ``grade`` subcommand to ``python -m labkit``'s subparsers."""
-    parser = commands.add_parser("grade", help="grade submitted notebooks through nbval",
-                                 description=__doc__.splitlines()[0])
-    parser.add_argument("submissions", nargs="+", type=Path, help="submitted .ipynb files, or folders of them")
-    parser.add_argument("--out", type=Path, default=Path("results"),
-                        help="write OUT.json and OUT.csv (default: results)")
+    parser = commands.add_parser(
+        "grade", help="grade submitted notebooks through nbval", description=__doc__.splitlines()[0],
+        epilog="python -m labkit grade merge PART.json ... [--out ...] joins the results of shards "
+               "(RESULTS.json of each) and writes what one run over the whole class writes.")
+    parser.add_argument("submissions", nargs="+", type=Path,
+                        help="submitted .ipynb files, or folders of them (or: merge PART.json ...)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write (default: results, or results.json for one submission's formats)")
+    parser.add_argument("--format", choices=list(FORMATS), default="results",
+                        help="; ".join(f"{k}: {v}" for k, v in FORMATS.items()))
     parser.add_argument("--solutions", type=Path, default=None,
                         help="folder of the solution notebooks (default: solutions, here or beside labkit)")
     parser.add_argument("--notebook", dest="expect", default=None,
                         help="the notebook every submission should be (such as 01_client_server)")
+    parser.add_argument("--private-tests", type=Path, default=None, metavar="DIR",
+                        help="a folder of extra hidden tests the students do not have (see labkit/grading/README.md)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="grade only part I of N (I from 0, as a Kubernetes completion index); join with merge")
+    parser.add_argument("--feedback", type=Path, default=None, metavar="DIR",
+                        help="write a feedback file per submission (NAME.md and NAME.html) into DIR")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE",
+                        help="write statistics over the class to FILE.html and FILE.json")
+    parser.add_argument("--roster", type=Path, default=None, metavar="CSV",
+                        help="a roster (student_id and optionally file columns): writes OUT-gradebook.csv")
+    parser.add_argument("--visibility", choices=results.VISIBILITIES, default="visible",
+                        help="who sees each question's result on Gradescope (default visible)")
     parser.add_argument("--jobs", "-j", type=int, default=os.cpu_count() or 1,
                         help="submissions graded at once (default: the number of cores)")
     parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_S,
@@ -720,14 +741,15 @@ def _progress(stream):
 
 
 def main(args) -> int:
-    solutions = args.solutions or default_solutions()
-    options = Options(cell_timeout=args.cell_timeout, time_limit=args.time_limit, expect=args.expect, keep=args.keep)
-    isolated, why = sandbox.available()
-    if not isolated:
-        print(f"grade: runs are not isolated: {why}", file=sys.stderr)
+    merging = args.submissions[0] == Path("merge") and not args.submissions[0].exists()
     try:
-        records = grade(args.submissions, solutions=solutions, jobs=args.jobs, options=options,
-                        progress=_progress(sys.stderr))
+        if merging:
+            if args.format != "results":
+                raise GradeError("merge writes the results format; grade each submission for Gradescope or PrairieLearn")
+            records = results.merge([results.load(p) for p in args.submissions[1:]])
+            seconds = None
+        else:
+            records, seconds = _grade_from_command_line(args)
     except GradeError as error:
         print(f"grade: {error}", file=sys.stderr)
         return 2
@@ -735,14 +757,91 @@ def main(args) -> int:
         kill_all()
         print("grade: interrupted; nothing written", file=sys.stderr)
         return 130
-    if not records:
+    if args.format != "results":
+        return _write_one_submission(args, records, seconds)
+    if not records and not args.shard:  # a shard may be empty: a class smaller than the number of machines
         print("grade: no notebooks (.ipynb) found in " + ", ".join(map(str, args.submissions)), file=sys.stderr)
         return 2
-    json_path, csv_path = write_results(records, args.out)
-    print(format_table(records))
+    return _write_class(args, records)
+
+
+def _grade_from_command_line(args) -> tuple[list[Record], float]:
+    solutions = args.solutions or default_solutions()
+    options = Options(cell_timeout=args.cell_timeout, time_limit=args.time_limit, expect=args.expect, keep=args.keep,
+                      private_tests=_private_tests(args.private_tests))
+    isolated, why = sandbox.available()
+    if not isolated:
+        print(f"grade: runs are not isolated: {why}", file=sys.stderr)
+    started = time.monotonic()
+    records = grade(args.submissions, solutions=solutions, jobs=args.jobs, options=options,
+                    progress=_progress(sys.stderr), shard=args.shard and results.parse_shard(args.shard))
+    return records, time.monotonic() - started
+
+
+def _private_tests(folder: Path | None) -> Path | None:
+    if folder is None:
+        return None
+    if not folder.is_dir() or not any(folder.glob("*.py")):
+        raise GradeError(f"--private-tests {folder}: not a folder of Python modules (*.py)")
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from labkit.grading.authoring import load_private; "
+                             "print(load_private(sys.argv[1]))", str(folder)],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(_LABKIT_ROOT)))
+    if loaded.returncode != 0 or not loaded.stdout.strip().isdigit() or int(loaded.stdout) == 0:
+        why = (loaded.stderr.strip().splitlines() or ["it adds no test to any question"])[-1]
+        raise GradeError(f"--private-tests {folder}: the tests cannot be loaded: {why}")
+    return folder.resolve()
+
+
+def _write_class(args, records) -> int:
+    out = args.out or Path("results")
+    json_path, csv_path = results.write_results(records, out)
+    print(results.format_table(records))
     if args.verbose:
         for r in records:
             if not r.passed:
                 print(f"{r.submission}: {r.message}")
-    print(f"wrote {json_path} and {csv_path}")
+    written = [json_path, csv_path]
+    if args.feedback:
+        feedback.write(records, args.feedback)
+        written.append(args.feedback)
+    if args.report:
+        written.extend(report.write(records, args.report))
+    if args.roster:
+        try:
+            roster = results.read_roster(args.roster)
+        except GradeError as error:
+            print(f"grade: {error}; the results are written, the gradebook is not", file=sys.stderr)
+            return 2
+        path = json_path.with_name(json_path.stem + "-gradebook.csv")
+        for problem in results.write_gradebook(records, roster, path):
+            print(f"grade: roster: {problem}", file=sys.stderr)
+        written.append(path)
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _write_one_submission(args, records, seconds) -> int:
+    """Gradescope's or PrairieLearn's results for a submission folder: its best notebook, the others named."""
+    by = {}
+    for r in records:
+        by.setdefault(r.submission, []).append(r)
+    chosen = max(by.values(), key=lambda rs: sum(r.points for r in rs), default=[])
+    others = [s for s in by if not chosen or s != chosen[0].submission]
+    note = "".join(f"\nnot counted: {s} (only the best notebook of a submission counts)" for s in others)
+    out = args.out or Path("results.json")
+    if args.format == "gradescope":
+        data = results.gradescope(chosen, visibility=args.visibility, seconds=seconds)
+        data["output"] = (data["output"] or "no notebook (.ipynb) was found in the submission") + note
+    else:
+        data = results.prairielearn(chosen)
+        if not chosen:
+            data.update(gradable=False, message="no notebook (.ipynb) was found in the submission")
+        elif all(r.status == "unreadable" for r in chosen):  # not the notebook asked for: no attempt lost
+            data.update(gradable=False, message=chosen[0].message)
+        data["message"] += note
+    results.write_json(out, data)
+    if args.feedback and chosen:
+        feedback.write(chosen, args.feedback)
+    print(f"wrote {out}")
     return 0

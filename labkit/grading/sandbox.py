@@ -17,8 +17,11 @@ After the run every process of that user id is killed, wherever it went.
 The run's examiner (:mod:`labkit.grading.examiner`, which decides the verdicts) shares
 the run's network namespace, so the kernel reaches the servers it starts, but runs as a
 user id of its own: the answer can neither signal it nor read its memory nor write its
-verdicts. Both run with umask 0, so the SQLite files the examiner hands the answer are
-theirs to share.
+verdicts. The kernel also belongs to the examiner's group, so a SQLite database the
+examiner hands the answer (a folder and file it opens to its group) is theirs alone to
+share. Both run in a mount namespace of their own in which the folders the grader names
+(the solution edition, the private tests, the repository's history) are empty: the
+answer cannot read what it must not know.
 
 Elsewhere (not root, not Linux) :func:`available` says why not, and the grader runs
 without isolation. ``python -m labkit.grading.sandbox UID [--with EUID EXAMINER_JSON]
@@ -53,6 +56,8 @@ FIRST_UID = 61_000
 SHARED_TEMP = ("/tmp", "/var/tmp", "/dev/shm")
 
 _CLONE_NEWNET = 0x40000000
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 0x4000, 1 << 18
 _PR_SET_NO_NEW_PRIVS = 38
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 
@@ -71,14 +76,17 @@ def available() -> tuple[bool, str]:
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        if "unshare" in last:
+            return False, f"no namespaces can be made here ({last}): grant CAP_SYS_ADMIN (in a container)"
         return False, f"an isolated user cannot run this Python and labkit ({last}); make them world-readable"
     return True, ""
 
 
-def wrap(uid: int, command: list[str], examiner: tuple[int, list[str]] | None = None) -> list[str]:
+def wrap(uid: int, command: list[str], examiner: tuple[int, list[str]] | None = None, hide=()) -> list[str]:
     """``command`` as it runs isolated as ``uid`` (through this module's launcher), after ``examiner``
-    (its user id and command) started in the same network namespace."""
-    before = ["--with", str(examiner[0]), json.dumps(examiner[1])] if examiner else []
+    (its user id and command) started in the same namespaces; the folders in ``hide`` look empty there."""
+    before = [word for path in hide for word in ("--hide", str(path))]
+    before += ["--with", str(examiner[0]), json.dumps(examiner[1])] if examiner else []
     return [sys.executable, "-m", __name__, str(uid), *before, *command]
 
 
@@ -185,8 +193,8 @@ def _bring_loopback_up() -> None:
         fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
 
 
-def _become(uid: int, libc) -> None:
-    os.setgroups([])
+def _become(uid: int, libc, groups=()) -> None:
+    os.setgroups(list(groups))
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -218,20 +226,35 @@ def _start_examiner(uid: int, command: list[str], libc) -> None:
         sys.exit("the examiner did not start")
 
 
+def _hide(path: str, libc) -> None:
+    """Mount an empty, read-only tmpfs over the folder ``path``, in this mount namespace only."""
+    if libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                  b"size=4k,mode=0555") != 0:
+        raise OSError(ctypes.get_errno(), f"could not hide {path}")
+
+
 def _launch(uid: int, command: list[str]) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed: the grader needs root")
+    if libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET | CLONE_NEWNS) failed: the grader needs root")
     _bring_loopback_up()
+    if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:  # nothing mounted here leaks out
+        raise OSError(ctypes.get_errno(), "could not make the mounts private")
+    while command[:1] == ["--hide"]:
+        _hide(command[1], libc)
+        command = command[2:]
     os.umask(0)
+    groups = ()
     if command[:1] == ["--with"]:
         _start_examiner(int(command[1]), json.loads(command[2]), libc)
+        groups = (int(command[1]),)  # the examiner's group: the databases it shares with the answer
         command = command[3:]
-    _become(uid, libc)
+    _become(uid, libc, groups)
     os.execvp(command[0], command)
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 3 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m labkit.grading.sandbox UID [--with EUID EXAMINER_JSON] COMMAND [ARGS...]  (as root)")
+        sys.exit("usage: python -m labkit.grading.sandbox UID [--hide FOLDER]... [--with EUID EXAMINER_JSON] "
+                 "COMMAND [ARGS...]  (as root)")
     _launch(int(sys.argv[1]), sys.argv[2:])

@@ -1,6 +1,7 @@
 """Verdicts: what a check decides about an answer, and the one line it prints.
 
-    q1.1 passed: 8 hidden tests, 11 runs against real servers.
+    q1.1 passed the public tests: 8 tests, 11 runs against real servers; the grader may run more.
+    q1.1 passed: 8 public and 3 private tests, 14 runs against real servers.   (in the grader)
     q1.1 not attempted yet: ...                       (the answer is still the stub)
     q1.1 failed: <test>: <what was wrong>. Hint: <what to try>.
     q1.1 could not be checked: ...                    (the check itself broke)
@@ -33,8 +34,13 @@ class Verdict:
         return self.status == "passed"
 
 
-def passed(question: str, tests: int, runs: int) -> Verdict:
-    return Verdict(question, "passed", f"{question} passed: {tests} hidden tests, {runs} runs against real servers.")
+def passed(question: str, tests: int, runs: int, *, private: int = 0, grader: bool = False) -> Verdict:
+    """A pass: in a student's kernel, of the public tests only (an instructor may keep private ones)."""
+    if not grader:
+        return Verdict(question, "passed", f"{question} passed the public tests: {tests} tests, {runs} runs "
+                                           f"against real servers; the grader may run more.")
+    which = f"{tests - private} public and {private} private tests" if private else f"{tests} tests"
+    return Verdict(question, "passed", f"{question} passed: {which}, {runs} runs against real servers.")
 
 
 def not_attempted(question: str) -> Verdict:

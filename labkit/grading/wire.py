@@ -63,8 +63,8 @@ class Channel:
             raise WireError(f"a message of more than {MAX_MESSAGE} bytes")
         try:
             message = json.loads(line)
-        except ValueError as error:
-            raise WireError(f"a message that is not JSON ({error})") from None
+        except (ValueError, RecursionError) as error:
+            raise WireError(f"a message that is not JSON, or nested too deeply ({type(error).__name__})") from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             raise WireError("a message without an operation")
         return message
@@ -168,8 +168,11 @@ def error_from_wire(data) -> BaseException:
     cls = REBUILT.get(type_name)
     if cls is None:
         return RemoteError(type_name, mro or [type_name], message, described)
-    error = cls.__new__(cls)
-    BaseException.__init__(error, message)
+    try:
+        error = cls.__new__(cls)
+        BaseException.__init__(error, message)
+    except Exception:  # a class that cannot be made this way (ExceptionGroup wants its exceptions)
+        return RemoteError(type_name, mro or [type_name], message, described)
     error.labkit_described = described
     return error
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 
 import sqlalchemy
 from flask import Flask, jsonify
