@@ -533,13 +533,9 @@ def bench_kernel(plan: Plan, keys: set) -> dict:
                                  stderr=subprocess.DEVNULL):
             for index, cell in enumerate(notebook.cells):
                 client.execute_cell(cell, index)
-            pid = client.km.provisioner.pid
-            status = Path(f"/proc/{pid}/status").read_text()
+            peak_mb, now_mb, _ = _process_usage(client.km.provisioner.pid)
     except Exception as exc:
         return {key: not_measured(key, f"the kernel did not run the notebook ({type(exc).__name__}: {exc})")}
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    peak_mb = int(fields["VmHWM"].split()[0]) / 1024
-    now_mb = int(fields["VmRSS"].split()[0]) / 1024
     errors = sum(1 for cell in notebook.cells if cell.cell_type == "code"
                  for output in cell.get("outputs", []) if output.get("output_type") == "error")
     return {key: entry(
