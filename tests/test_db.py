@@ -92,16 +92,24 @@ def test_transactions_outside_a_served_request_are_not_recorded(lab, ledger):
     assert transactions(lab.trace, node=None) == [] and not [e for e in lab.trace if e.kind == "commit"]
 
 
-def test_a_transaction_that_waits_for_sqlites_write_lock_says_how_long(lab, ledger):
-    db, server = ledger
-    if db.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL does not take a lock at BEGIN: there is no wait to measure there")
-    holder, waiter = lab.client("holder", timeout=5), lab.client("waiter", timeout=5)
-    first = threading.Thread(target=holder.post, args=(server.url + "/add?hold_s=0.4",))
+def hold_the_write_lock(lab, server, hold_s: float) -> threading.Thread:
+    """A client's POST /add that holds its transaction ``hold_s`` seconds, started and inside its
+    transaction (its "begin" is in the trace) when this returns; join the thread afterwards."""
+    holder = lab.client("holder", timeout=5)
+    first = threading.Thread(target=holder.post, args=(server.url + f"/add?hold_s={hold_s}",))
     first.start()
     deadline = time.monotonic() + 5
     while not [e for e in lab.trace if e.kind == "begin"] and time.monotonic() < deadline:
         time.sleep(0.005)
+    return first
+
+
+def test_a_transaction_that_waits_for_sqlites_write_lock_says_how_long(lab, ledger):
+    db, server = ledger
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL does not take a lock at BEGIN: there is no wait to measure there")
+    waiter = lab.client("waiter", timeout=5)
+    first = hold_the_write_lock(lab, server, 0.4)
     waiter.post(server.url + "/add")
     first.join(5)
     waits = [e.detail for e in lab.trace if e.kind == "begin" and e.detail]
@@ -158,12 +166,8 @@ def test_a_transaction_that_gives_up_waiting_for_the_lock_says_so(lab, tmp_path)
     with db.engine.begin() as c:
         c.execute(text("CREATE TABLE ledger (note TEXT)"))
     server = lab.serve(ledger_app(db), name="ledger")
-    holder, waiter = lab.client("holder", timeout=5), lab.client("waiter", timeout=5)
-    first = threading.Thread(target=holder.post, args=(server.url + "/add?hold_s=0.6",))
-    first.start()
-    deadline = time.monotonic() + 5
-    while not [e for e in lab.trace if e.kind == "begin"] and time.monotonic() < deadline:
-        time.sleep(0.005)
+    waiter = lab.client("waiter", timeout=5)
+    first = hold_the_write_lock(lab, server, 0.6)
     assert waiter.post(server.url + "/add").status_code == 500  # "database is locked"
     first.join(5)
     [gave_up] = [e.detail for e in lab.trace if e.kind == "begin" and e.detail.startswith("gave up")]
