@@ -4,6 +4,7 @@
     >>> hello = labkit.serve(app, name="hello")       # doctest: +SKIP
     >>> alice = labkit.Client("alice")                # doctest: +SKIP
     >>> link = labkit.Link(hello, latency_ms=50)      # doctest: +SKIP
+    >>> shop = labkit.spawn("shop")                   # doctest: +SKIP  (its own process)
 
 The core (servers, links, the trace, the client) loads at once; pictures, widgets,
 services and checks load on first use, so ``import labkit`` stays fast and works
@@ -16,6 +17,7 @@ import logging as _logging
 from .client import Client as Client, describe as describe
 from .errors import Invalid as Invalid, LabkitError as LabkitError, LinkError as LinkError, ServerError as ServerError
 from .net import Link as Link, Network as Network, open_links as open_links
+from .processes import Process as Process, spawn as spawn, spawned as spawned
 from .server import Server as Server, running as running, serve as serve, stop_all as stop_all
 from .tracing import Trace as Trace, default as trace
 
@@ -24,6 +26,7 @@ _logging.getLogger("labkit").addHandler(_logging.NullHandler())
 
 _LAZY = {
     "apps": ("labkit.apps", None),
+    "etcd": ("labkit.etcd", None),
     "plots": ("labkit.plots", None),
     "widgets": ("labkit.widgets", None),
     "sequence": ("labkit.plots", "sequence"),

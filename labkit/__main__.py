@@ -42,10 +42,12 @@ def doctor(args) -> int:
 
 def serve_cmd(args) -> int:
     """Run one reference service in the foreground, on labkit's server runner, until Ctrl-C or SIGTERM."""
+    import importlib
     import signal
     import threading
 
     import labkit
+    from labkit import tracing
     from labkit.apps import create
 
     options = {}
@@ -58,15 +60,26 @@ def serve_cmd(args) -> int:
             options[key] = json.loads(value)  # numbers and true/false as such
         except json.JSONDecodeError:
             options[key] = value
+    # One bounded trace for the service and the clients it makes: a long run stays small.
+    tracing.default = labkit.Trace(max_events=10_000)
     try:
-        app = create(args.service, **options)
-        server = labkit.serve(app, host=args.host, port=args.port, trace=labkit.Trace(max_events=10_000))
+        if ":" in args.service:  # package.module:app, an app or a function that makes one
+            module, _, attribute = args.service.partition(":")
+            app = getattr(importlib.import_module(module), attribute)
+            app = app(**options) if callable(app) and not hasattr(app, "wsgi_app") else app
+        else:
+            app = create(args.service, **options)
+        server = labkit.serve(app, args.name, host=args.host, port=args.port, trace=tracing.default)
     except (TypeError, ValueError, labkit.LabkitError) as error:
         print(f"serve: {error}", file=sys.stderr)
         return 2
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    if args.report_fd is not None:  # spawned by labkit.spawn: report to the parent, die with it
+        from labkit import processes
+
+        processes.report_to(args.report_fd, tracing.default, server.port, stopping, args.die_with_parent)
     print(f"serving {args.service} as {server.name!r} on http://{args.host}:{server.port} (Ctrl-C stops)",
           flush=True)
     try:
@@ -85,11 +98,14 @@ def main(argv=None) -> int:
     commands.add_parser("doctor", help="check that labkit works on this machine").set_defaults(run=doctor)
 
     serve = commands.add_parser("serve", help="run a reference service as its own process")
-    serve.add_argument("service", help="which service (hello, shop, chat, ...)")
+    serve.add_argument("service", help="which service (hello, shop, chat, ...), or an app as package.module:app")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=5000, help="port to listen on (0: any free port)")
     serve.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE",
                        help="an option of the service's create_app, such as name=inv-1 (repeatable)")
+    serve.add_argument("--name", default=None, help="its name on diagrams (default: the app's name)")
+    serve.add_argument("--report-fd", type=int, default=None, help=argparse.SUPPRESS)  # labkit.spawn's pipe
+    serve.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=serve_cmd)
 
     argv = sys.argv[1:] if argv is None else list(argv)

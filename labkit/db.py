@@ -11,7 +11,10 @@ runs on PostgreSQL by naming one: ``Database("postgresql+psycopg://user@127.0.0.
 SQLite is made to behave like a server database for many threads: every transaction
 starts with ``BEGIN IMMEDIATE`` (unless ``begin="deferred"``; it takes the write lock at once, so two transactions
 never read the same row and then both write it; reads take it too), and a writer
-waits up to ``busy_timeout_ms`` for the lock instead of failing at once.
+waits up to ``busy_timeout_ms`` for the lock instead of failing at once. A connection
+that only reads can ask for SQLite's own deferred start instead, which takes no lock
+(the file is in WAL mode, so it reads the last committed state and never waits for a
+writer): ``engine.connect().execution_options(labkit_begin="deferred")``.
 
 A transaction a service runs while it serves a request is in the trace: "begin" (on
 SQLite with how long it waited for the lock, or how long before it gave up), then
@@ -147,12 +150,16 @@ def _transactions(engine, name: str, *, begin: str | None) -> None:
     @event.listens_for(engine, "begin")
     def _begin(connection):
         connection.info["labkit_wrote"] = False
-        if begin is None:
+        chosen = connection.get_execution_options().get("labkit_begin")
+        if chosen not in (None, "immediate", "deferred"):
+            raise ValueError(f'the labkit_begin option is "immediate" or "deferred", not {chosen!r}')
+        if begin is None:  # not SQLite: the database's own BEGIN
             _record("begin", name, "")
             return
+        statement = begin if chosen is None else f"BEGIN {chosen.upper()}"
         started, got = time.perf_counter(), False
         try:
-            connection.exec_driver_sql(begin)
+            connection.exec_driver_sql(statement)
             got = True
         finally:
             waited = (time.perf_counter() - started) * 1000

@@ -53,7 +53,10 @@ class Invalid(LabkitError, BadRequest, ValueError):
 
 
 class PaymentError(LabkitError):
-    """A checkout's payment did not go through, and nothing was bought or kept.
+    """A checkout's payment did not go through: the store recorded no order and kept no stock.
+
+    Whether the processor charged depends on the subclass: a decline did not; an
+    unavailable processor may have.
 
     ``status`` is the HTTP status the orders service answers with. Which retry is
     right depends on the subclass.

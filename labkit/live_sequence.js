@@ -6,12 +6,13 @@
 // picture as time goes on. Hover or click a message for its details; tick a lane off to
 // hide it; drag the time slider to look back.
 
-const COLOURS = { ok: "#0072B2", client: "#E69F00", server: "#D55E00", failed: "#000000", pending: "#999999" };
+const COLOURS = { ok: "#0072B2", redirect: "#56B4E9", client: "#E69F00", server: "#D55E00", failed: "#000000", pending: "#999999" };
 // What each kind of thing an exchange shows looks like in the legend, in the PNG legend's order
 // (labkit.plots._legend): only the kinds the diagram holds now are listed.
 const LEGEND = [
-  ["ok", "━", "#0072B2", "2xx/3xx answer"], ["client", "━", "#E69F00", "4xx answer"],
-  ["server", "━", "#D55E00", "5xx answer"], ["failed", "━", "#000000", "no answer"],
+  ["ok", "━", "#0072B2", "2xx answer"], ["redirect", "━", "#56B4E9", "3xx answer (redirect)"],
+  ["client", "━", "#E69F00", "4xx answer"], ["server", "━", "#D55E00", "5xx answer"],
+  ["failed", "━", "#000000", "no answer"],
   ["pending", "┄", "#999999", "in flight"], ["lost", "✕", "#000000", "lost"], ["reset", "✕", "#000000", "reset"],
   ["refused", "✕", "#000000", "refused"], ["answered", "◆", "#000000", "answered by the link"],
   ["copy", "━", "#CC79A7", "copy sent by the link"], ["timeout", "╌", "#000000", "waiting until timeout"],
@@ -108,7 +109,7 @@ function render({ model, el }) {
     filters.replaceChildren();
     const off = hidden();
     lanes.forEach((name, i) => {
-      const gone = states[name] === "stopped";
+      const gone = name in states;  // a stopped server, a killed or paused spawned service
       const line = svg("line", { x1: laneX(i), x2: laneX(i), y1: TOP - 6, y2: HEIGHT, stroke: gone ? "#ddd" : "#bbb",
         "stroke-dasharray": gone ? "3,3" : "none" }, laneLayer);
       line.style.opacity = off.has(name) ? 0.25 : 1;

@@ -11,8 +11,19 @@ figure shows as a PNG; its text (``<Figure size 900x400 with 1 Axes>``) depends
 only on the figure's size, so nbval can compare it.
 
 Colours follow the Okabe-Ito palette, which readers with colour-blindness can
-tell apart: blue for 2xx/3xx, orange for 4xx, vermillion for 5xx, black for a
-message lost or an exchange that got no answer.
+tell apart: blue for 2xx (success), sky blue for 3xx (a redirect: look
+elsewhere), orange for 4xx, vermillion for 5xx, black for a message lost or an
+exchange that got no answer.
+
+A message that never arrived keeps the slope rule of the others (the slope is
+the time on the way): it is drawn along the line it would have taken and stops
+with a cross where it was lost. A link sits half a lane in front of the service
+it stands before (half-way between neighbouring lanes, and never on a third
+lane), and what it loses on the way there or back is crossed there, at the time
+the message would have reached it. A reset or a refused connection breaks at
+once: a short stub from the sender, crossed. An answer that comes after its
+caller gave up (a timeout) is drawn all the way to the caller's lane, where
+nobody waits for it any more, and crossed there.
 
 The sequence diagram names its artists with a ``gid`` so tests and curious
 students can find them: "lanes", "messages" (arrow shafts), "heads", "pending"
@@ -34,6 +45,7 @@ from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from . import processes
 from . import server as _server
 from . import tracing
 from .tracing import Event, Trace
@@ -43,14 +55,15 @@ BLUE, ORANGE, VERMILLION, BLACK = "#0072B2", "#E69F00", "#D55E00", "#000000"
 SKY, GREEN, PURPLE, GREY = "#56B4E9", "#009E73", "#CC79A7", "#999999"
 
 _OUTCOMES = {  # outcome: (colour, legend text), in legend order
-    "ok": (BLUE, "2xx/3xx answer"),
+    "ok": (BLUE, "2xx answer"),
+    "redirect": (SKY, "3xx answer (redirect)"),
     "client": (ORANGE, "4xx answer"),
     "server": (VERMILLION, "5xx answer"),
     "failed": (BLACK, "no answer"),
     "pending": (GREY, "in flight"),
 }
 
-_PRIORITY = {GREY: 0, GREEN: 0, PURPLE: 0, BLUE: 0, ORANGE: 1, VERMILLION: 2, BLACK: 3}
+_PRIORITY = {GREY: 0, GREEN: 0, PURPLE: 0, BLUE: 0, SKY: 0, ORANGE: 1, VERMILLION: 2, BLACK: 3}
 
 #: Above this many messages the diagram draws no labels: they could not be read.
 MAX_LABELLED = 60
@@ -83,7 +96,10 @@ class _Exchange:
     lost_response: float | None = None  # a link lost the response here
     lost_kind: str = ""
     lost_delay: float = 0.0             # the seconds a lost message would have taken
+    delay_request: float | None = None  # the seconds a link held (or would have held) the request
+    delay_response: float | None = None  # ... and the answer
     reset: float | None = None          # a link reset the connection here
+    reset_way: str = ""                 # "request" (on the way there) or "response" (on the way back)
     reset_by: str = ""                  # "the link", or "a partition" that rejects
     answered: float | None = None       # a link answered here, in the service's place
     copy: bool = False                  # a second copy of a request, sent by a link; its answer is discarded
@@ -100,7 +116,9 @@ class _Exchange:
             return "pending"
         if self.reply is not None and self.send is not None and self.end is None and not self.copy:
             return "pending"  # the server answered; the answer is on its way
-        return "ok" if self.status < 400 else "client" if self.status < 500 else "server"
+        if self.status < 300:
+            return "ok"
+        return "redirect" if self.status < 400 else "client" if self.status < 500 else "server"
 
     @property
     def fault(self) -> str:
@@ -110,7 +128,7 @@ class _Exchange:
         if self.answered is not None:
             return f"answered {self.status} by the link"
         if self.reset is not None:
-            way = "on the way back" if self.receive is not None else "on the way out"
+            way = "on the way back" if self.reset_way == "response" or self.receive is not None else "on the way there"
             return f"reset {way} by {self.reset_by}" if self.reset_by == "a partition" else f"reset {way}"
         if self.lost_request is not None:
             return f"request {self.lost_kind}"
@@ -195,8 +213,15 @@ class _Joiner:
         if e.kind in _TRANSACTION_KINDS:
             return self._transaction(e)
         if e.kind in _LINK_KINDS:
-            if e.kind == "delayed":
-                return None
+            if e.kind == "delayed":  # how long the message spends on its way: the slope of its arrow
+                x, direction = _claim(self._by_trace.get(e.trace_id, ()), e)
+                if x is None:
+                    return None
+                if direction == "request":
+                    x.delay_request = _seconds(e.detail)
+                else:
+                    x.delay_response = _seconds(e.detail)
+                return x
             if e.kind == "duplicated":  # the copy has a span of its own
                 key = (e.trace_id, e.span_id)
                 x = self._by_span.get(key) or self._by_span.setdefault(key, self._new(e, e.src, e.dst))
@@ -208,12 +233,17 @@ class _Joiner:
                     self.orphans.append(e)
             elif e.kind == "reset" or (e.kind == "partitioned" and e.detail == "rejected"):
                 x.reset, x.reset_by = e.t, "a partition" if e.kind == "partitioned" else "the link"
+                x.reset_way = direction
             elif e.kind == "answered":
                 x.answered, x.status = e.t, e.status
             elif direction == "request":
                 x.lost_request, x.lost_kind, x.lost_delay = e.t, e.kind, _seconds(e.detail)
+                if e.detail:  # a drop says how long the message would have taken; a partition does not
+                    x.delay_request = x.lost_delay
             else:
                 x.lost_response, x.lost_kind, x.lost_delay = e.t, e.kind, _seconds(e.detail)
+                if e.detail:
+                    x.delay_response = x.lost_delay
             return x
         if e.kind not in ("send", "receive", "reply", "response", "error"):
             return None
@@ -281,6 +311,8 @@ def _exchanges(events: list[Event]) -> tuple[list[_Exchange], list[Event]]:
 def _claim(candidates, e: Event) -> tuple[_Exchange | None, str]:
     """The latest exchange a link event belongs to, and the message's direction."""
     for x in reversed(candidates):
+        if getattr(x, "copy", False):  # a link's copy meets no fault of its own: its events are the original's
+            continue
         start = x.start
         if start is not None and start > e.t:
             continue
@@ -344,6 +376,24 @@ def _draw(draw: _Drawing, x, labelled: bool) -> None:
     (_draw_transaction if isinstance(x, _Transaction) else _draw_exchange)(draw, x, labelled)
 
 
+#: How far (in lanes) from its sender a connection that broke at once (reset, refused) is drawn.
+_STUB = 0.3
+
+
+def _link_x(caller: float, service: float) -> float:
+    """Where a link in front of ``service`` is drawn: half a lane before it, so half-way between
+    neighbouring lanes and never on a third lane between them."""
+    if caller == service:
+        return caller
+    return service - 0.5 if service > caller else service + 0.5
+
+
+def _passes(x0: float, t0: float, x1: float, duration: float, at: float) -> float:
+    """When a message that left lane ``x0`` at ``t0`` and takes ``duration`` to reach lane ``x1``
+    passes the point ``at`` between them: the slope of its arrow is its time on the way."""
+    return t0 + duration * ((at - x0) / (x1 - x0) if x1 != x0 else 1.0)
+
+
 def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
     """Add the arrows, crosses and dashed waits of one exchange."""
     caller, service = draw.lane[x.caller], draw.lane[x.service]
@@ -351,86 +401,124 @@ def _draw_exchange(draw: _Drawing, x: _Exchange, labelled: bool) -> None:
     if not x.copy:
         draw.outcomes.add(outcome)
     colour = _OUTCOMES[outcome][0]
-    middle = (caller + service) / 2
+    link = _link_x(caller, service)
     direction = 1 if service >= caller else -1
     start = x.start
     request = f"{x.method} {_short(x.path)}".strip() if labelled else ""
-    arrived = x.receive is not None or (x.status is not None and not x.error and x.reply is None)
+    arrived = x.status is not None and not x.error and x.reply is None  # answered, by a server that records nothing
+    timed_out = bool(x.error) and _is_timeout(x.error)
+    there = x.delay_request or 0.0   # seconds on the way there, as far as the trace tells
+    back = x.delay_response or 0.0   # ... and on the way back
+    status = str(x.status) if labelled and x.status is not None else ""
 
     # The request.
-    if x.copy:  # sent by the link (half-way), answered back to it, and the answer dropped there
+    if x.copy:  # sent by the link, answered back to it, and the answer dropped there
         draw.outcomes.add("copy")
         if x.receive is not None:
-            draw.arrow(middle, x.send, service, x.receive, PURPLE, f"{request} (copy)" if request else "")
+            draw.arrow(link, x.send, service, x.receive, PURPLE, f"{request} (copy)" if request else "")
         if x.reply is not None:
-            back = x.reply + (x.receive - x.send if x.receive is not None else 0.0)
-            draw.arrow(service, x.reply, middle, back, PURPLE, str(x.status) if labelled else "", where="below")
+            trip = x.reply + (x.receive - x.send if x.receive is not None else 0.0)  # as long as the way there
+            draw.arrow(service, x.reply, link, trip, PURPLE, status, where="below")
         return
     if x.answered is not None and x.receive is None:  # the network answered: the service never saw it
         draw.outcomes.add("answered")
-        draw.links.append((middle, x.answered))
+        draw.links.append((link, x.answered))
         label = f"{x.status} (link)" if labelled else ""
         if start is not None:
-            draw.arrow(caller, start, middle, x.answered, colour, request)
-        draw.arrow(middle, x.answered, caller, x.end if x.end is not None else x.answered, colour, label,
+            draw.arrow(caller, start, link, x.answered, colour, request)
+        draw.arrow(link, x.answered, caller, x.end if x.end is not None else x.answered, colour, label,
                    where="below")
         return
+    # A server that records nothing (not a labkit server) behind a link: the link saw its answer.
+    receive, reply = x.receive, x.reply
+    answer_at_link = x.reset if x.reset_way == "response" else x.lost_response
+    if reply is None and answer_at_link is not None and start is not None:
+        reply = answer_at_link
+        receive = receive if receive is not None else min(start + there, reply)
     if start is not None:
-        if x.receive is not None:
-            draw.arrow(caller, start, service, x.receive, colour, request)
-        elif arrived:  # answered by a server that records nothing: arrival unknown, draw it half-way
-            draw.arrow(caller, start, service, (start + x.end) / 2, colour, request)
-        elif x.lost_request is not None or (x.error and _is_timeout(x.error)):
-            # Lost on the way: drawn toward its target with the slope it would have had, ending half-way.
-            at = (x.lost_request if x.lost_request is not None else start) + x.lost_delay / 2
-            draw.arrow(caller, start, middle, at, colour, request, head=False)
-            draw.crosses.append((middle, at))
-            draw.outcomes.add("lost")
-        elif x.error or x.reset is not None:
-            # Refused or reset: the caller hardly got going.
-            at = x.end if x.end is not None else x.reset
-            tip = caller + 0.3 * direction
+        if receive is not None:
+            draw.arrow(caller, start, service, receive, colour, request)
+        elif arrived:  # answered by a server that records nothing: after the link's delay, else half-way
+            draw.arrow(caller, start, service, start + there if there else (start + x.end) / 2, colour, request)
+        elif x.reset is not None or (x.error and not timed_out):
+            # Reset or refused on the way there: the connection broke at once, next to the caller,
+            # before the request got anywhere (the service never saw it).
+            at = x.reset if x.reset is not None else x.end
+            tip = caller + _STUB * direction
             draw.arrow(caller, start, tip, at, colour, head=False)
             draw.crosses.append((tip, at))
             draw.outcomes.add("reset" if x.reset is not None else "refused")
             if labelled:
                 draw.mark(tip, at, direction, x.error or "reset")
+        elif x.lost_request is not None or timed_out:
+            # Lost on the way there: along the line it would have taken, up to the link, crossed there.
+            at = _passes(caller, start, service, there, link)
+            draw.arrow(caller, start, link, at, colour, request, head=False)
+            draw.crosses.append((link, at))
+            draw.outcomes.add("lost")
         else:  # still on its way
-            draw.pending.append(((caller, start), (middle, start)))
+            draw.pending.append(((caller, start), (link, _passes(caller, start, service, there, link))))
 
     # The response.
-    if x.reply is not None:
-        status = str(x.status) if labelled and x.status is not None else ""
+    if reply is not None:
         if x.send is None:  # a caller that records nothing (a browser): it got the answer at once
-            draw.arrow(service, x.reply, caller, x.reply, colour, status, where="below")
+            draw.arrow(service, reply, caller, reply, colour, status, where="below")
         elif x.end is not None and not x.error and x.lost_response is None:
-            draw.arrow(service, x.reply, caller, x.end, colour, status, where="below")
-        elif x.lost_response is not None or x.error:
-            at = max(x.lost_response if x.lost_response is not None else x.reply, x.reply) + x.lost_delay / 2
-            draw.arrow(service, x.reply, middle, at, colour, status, where="below", head=False)
-            draw.crosses.append((middle, at))
-            draw.outcomes.add("reset" if x.reset is not None else "lost")
-        else:
-            draw.pending.append(((service, x.reply), (middle, x.reply)))
+            draw.arrow(service, reply, caller, x.end, colour, status, where="below")
+        elif x.reset is not None:
+            # Reset on the way back: the service did the work; its answer broke at once, next to it.
+            at = max(x.reset, reply)
+            tip = service - _STUB * direction
+            draw.arrow(service, reply, tip, at, colour, status, where="below", head=False)
+            draw.crosses.append((tip, at))
+            draw.outcomes.add("reset")
+            if labelled:
+                draw.mark(tip, at, -direction, x.error or "reset")
+        elif x.lost_response is not None:
+            # Lost on the way back: along the line it would have taken, up to the link, crossed there.
+            at = _passes(service, reply, caller, back, link)
+            draw.arrow(service, reply, link, at, colour, status, where="below", head=False)
+            draw.crosses.append((link, at))
+            draw.outcomes.add("lost")
+        elif timed_out:
+            # The caller gave up first: the answer still travels, and reaches a caller no longer listening.
+            at = max(reply + back, x.end if x.end is not None else reply)
+            draw.arrow(service, reply, caller, at, colour, status, where="below", head=False)
+            draw.crosses.append((caller, at))
+            draw.outcomes.add("lost")
+            if labelled:
+                draw.mark(caller, at, direction, "too late")
+        elif x.error:  # the connection broke while the answer was on its way
+            at = max(x.end if x.end is not None else reply, reply)
+            draw.arrow(service, reply, link, at, colour, status, where="below", head=False)
+            draw.crosses.append((link, at))
+            draw.outcomes.add("reset" if "reset" in x.error else "lost")
+            if labelled:
+                draw.mark(link, at, -direction, x.error)
+        else:  # still on its way
+            draw.pending.append(((service, reply), (link, _passes(service, reply, caller, back, link))))
     elif x.end is not None and not x.error and x.status is not None:
         status = str(x.status) if labelled else ""
         if start is None:
             draw.arrow(service, x.end, caller, x.end, colour, status, where="below")
         else:
-            draw.arrow(service, (start + x.end) / 2, caller, x.end, colour, status, where="below")
+            draw.arrow(service, max(x.end - back, start + there) if back else (start + x.end) / 2, caller, x.end,
+                       colour, status, where="below")
 
     # The caller's side of a failure.
     if x.error and start is not None and x.end is not None:
         offset = caller + 0.04 * direction
-        if _is_timeout(x.error):
+        if timed_out:
             draw.waits.append(((offset, start), (offset, x.end)))
             draw.outcomes.add("timeout")
             if labelled:
                 draw.mark(offset, (start + x.end) / 2, direction, x.error)
-        elif x.receive is not None:  # the request arrived, then the connection broke
-            draw.crosses.append((caller, x.end))
+        elif receive is not None and reply is None and x.reset is None:
+            # The request arrived, then the connection broke before any answer (a crash, a link gone down).
+            draw.crosses.append((link, x.end))
+            draw.outcomes.add("reset" if "reset" in x.error else "lost")
             if labelled:
-                draw.mark(caller, x.end, direction, x.error)
+                draw.mark(link, x.end, -direction, x.error)
 
 
 def _lanes(exchanges, orphans, nodes=()) -> list[str]:
@@ -445,9 +533,13 @@ def _lanes(exchanges, orphans, nodes=()) -> list[str]:
 
 
 def _states(lanes) -> dict[str, str]:
-    """Each lane that names a server of this kernel that is not running now: "stopped"."""
+    """Each lane that names a server of this kernel that is not running now ("stopped"), or a
+    spawned service that is not running ("killed", "paused")."""
     running = {server.name for server in _server.running()}
-    return {name: "stopped" for name in lanes if tracing.was_served(name) and name not in running}
+    states = {name: "stopped" for name in lanes if tracing.was_served(name) and name not in running}
+    states.update({child.name: child.state for child in processes.spawned()
+                   if child.name in lanes and child.state != "running"})
+    return states
 
 
 def layout(x, lane: dict[str, int]) -> dict:
@@ -476,10 +568,14 @@ def sequence(trace, *, nodes=None, title: str | None = None, max_events: int | N
 
     ``trace`` is a :class:`labkit.Trace` or a list of its events. ``nodes``
     orders the lanes (others follow in order of appearance); ``max_events``
-    draws only the most recent events. A cross marks a message lost on the way
-    (drawn toward its target with the slope it would have had), a dashed line a
-    caller waiting until it timed out. Method, path and status label the arrows
-    when there are at most 60 messages. A lane whose server has stopped says so.
+    draws only the most recent events. An arrow's slope is the time the message
+    spent on its way; a message that never arrived keeps the slope it would have
+    had and stops with a cross where it was lost: at the link (half a lane before
+    the service) if a link lost it on the way there or back, next to the sender
+    if the connection was reset or refused at once, on the caller's lane if it
+    came after the caller gave up. A dashed line is a caller waiting until it
+    timed out. Method, path and status label the arrows when there are at most
+    60 messages. A lane whose server has stopped says so.
     ``transactions`` draws the database transactions services ran ("writes": those
     that wrote; "all"; "none"): BEGIN, the time it holds the database (a bar on the
     database's lane), COMMIT or ROLLBACK, and any wait for the lock.
@@ -508,12 +604,14 @@ def sequence(trace, *, nodes=None, title: str | None = None, max_events: int | N
     draw = _Drawing(lane, labelled)
     for x in exchanges:
         _draw(draw, x, labelled)
-    for e in orphans:
+    for e in orphans:  # lost by a link, in an exchange the trace does not hold: crossed at the link
         if e.kind in ("dropped", "partitioned"):
             a, b = lane[e.src], lane[e.dst]
-            draw.crosses.append(((a + b) / 2, e.t))
+            # Half-way between neighbouring lanes, else half a lane before the receiver: never on a third lane.
+            at = _link_x(a, b)
+            draw.crosses.append((at, _passes(a, e.t, b, _seconds(e.detail), at)))
             draw.outcomes.add("lost")
-    times += [y for _, y in draw.crosses] + [y for (_, y), _ in draw.pending]
+    times += [y for _, y in draw.crosses] + [y for segment in draw.pending for _, y in segment]
     t_min, t_max = min(times), max(times)
     pad = max((t_max - t_min) * 0.06, 0.002)
     y_top, y_bottom = t_min - pad, t_max + pad

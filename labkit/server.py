@@ -29,6 +29,7 @@ from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHand
 from werkzeug.wsgi import LimitedStream
 
 from . import net as _net
+from . import processes
 from . import tracing
 from .errors import ServerError
 
@@ -432,7 +433,7 @@ def running() -> list[Server]:
 
 
 def stop_all() -> list:
-    """Close every open link and stop every running server; return what was closed and stopped.
+    """Close every open link, stop every running server and spawned service; return them.
 
     The notebooks' last cell calls it, and so does the interpreter at exit.
     """
@@ -440,7 +441,7 @@ def stop_all() -> list:
     servers = running()
     for server in servers:
         server.stop()
-    return links + servers
+    return links + servers + processes.stop_all()
 
 
 atexit.register(stop_all)

@@ -75,15 +75,23 @@ class Trace:
         self._recorded = len(self._events)  # every event ever recorded here, dropped ones too
         self.generation = 0                 # how many times it was cleared
         self.start = time.perf_counter() if start is None else start
+        #: Called with each event recorded and the trace's start (a spawned service sends it to its parent).
+        self.tee = None
 
-    def record(self, kind: str, src: str, dst: str, **fields) -> Event:
-        """Append an event of ``kind`` from ``src`` to ``dst``, stamped now."""
+    def record(self, kind: str, src: str, dst: str, *, at: float | None = None, **fields) -> Event:
+        """Append an event of ``kind`` from ``src`` to ``dst``, stamped now (or at ``at``, a perf_counter time).
+
+        ``perf_counter`` is the system's monotonic clock, one for every process on the
+        machine: an event another process stamped lands on the same time axis.
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown event kind {kind!r}; use one of {', '.join(KINDS)}")
-        event = Event(time.perf_counter() - self.start, kind, src, dst, **fields)
+        event = Event((time.perf_counter() if at is None else at) - self.start, kind, src, dst, **fields)
         with self._lock:
             self._events.append(event)
             self._recorded += 1
+        if self.tee is not None:
+            self.tee(event, self.start)
         return event
 
     def since(self, mark: int) -> tuple[list[Event], int]:

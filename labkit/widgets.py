@@ -195,6 +195,7 @@ class Experiment(widgets.VBox):
         super().__init__(children=[*head, *self.controls.values(),
                                    widgets.HBox([self.button, self.clear_button, self.keep, self.bar]),
                                    self.status, self.table, *([self.figure] if plot is not None else [])])
+        self.add_class("labkit-experiment")
 
     @property
     def values(self) -> dict:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ["serve_ready_ms", "link_overhead_us"]
+KEYS = ["serve_ready_ms", "link_overhead_us", "spawn_ready_ms"]
 
 
 def test_bench_quick_writes_a_report(tmp_path):

@@ -1,10 +1,11 @@
 """The workbook as a student sees it: JupyterLab in a real browser.
 
-Starts JupyterLab from this environment on 127.0.0.1, opens
-notebooks/00_start_here.ipynb in Debian's Chromium driven by Playwright, runs every
-cell from the Run menu, and checks that the control panel's slider renders (the
-widget front end and the kernel agree) and that no cell shows an error. A
-screenshot goes to tests/artifacts/browser-00_start_here.png for a person to look at.
+Starts JupyterLab from this environment on 127.0.0.1 and drives it with Debian's
+Chromium through Playwright. For each notebook in ``PANELS``: open its student edition,
+run every cell from the Run menu, then run its experiment panel, move one control, run
+it again and read the changed result; no cell may show an error and no widget may fail
+to display. A second test drives the tools themselves (a panel and the live diagram)
+in a notebook of its own. Screenshots go to tests/artifacts/ for a person to look at.
 
 Needs /usr/bin/chromium (``apt-get install chromium``): skipped without it, except
 when the environment variable CI is set, where a missing browser is a failure.
@@ -13,6 +14,7 @@ when the environment variable CI is set, where a missing browser is a failure.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,7 @@ LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {
         "autoStartDefaultKernel": True,
+        "windowingMode": "none",  # every cell in the page, so a test can find one by its source
     },
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
         "fetchNews": "false",
@@ -54,6 +58,13 @@ LAB_SETTINGS = {
 
 # What JupyterLab renders for a traceback or anything written to stderr.
 STDERR = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+
+# A run from the Run menu is over when no prompt still says [*] (queued or running), or a
+# cell failed (the run stops at the first error).
+RUN_OVER = """(stderr) => {
+    const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
+    return document.querySelector(stderr) !== null || (prompts.length > 0 && !prompts.some(p => p.includes('*')));
+}"""
 
 pytestmark = pytest.mark.slow
 
@@ -190,61 +201,145 @@ def _bring_into_view(page, locator, tries: int = 10) -> None:
         last = box
 
 
-def run_all_and_screenshot(base: str, token: str, notebook: str, profile: Path, screenshot: Path,
-                           timeout_s: float = 300.0) -> dict:
-    """Open ``notebook`` in JupyterLab, run every cell from the Run menu, wait for a slider.
+@dataclass(frozen=True)
+class Panel:
+    """The experiment panel (``labkit.experiment``) a notebook's browser test drives.
 
-    Returns what the page showed: the text of every error output and whether the
-    page said "Error displaying widget". Saves a full-window screenshot.
+    ``title`` is the panel's title; ``control`` the label of the control to move; ``move``
+    is how: arrow-right presses on a slider (an int, negative for arrow-left) or the option
+    to pick in a dropdown (a str). ``column`` names the results column read after the run
+    before the move and the run after it, and ``change`` says how it must change: "up",
+    "down" or "differs".
+    """
+
+    title: str
+    control: str
+    move: int | str
+    column: str
+    change: str
+
+    def __post_init__(self):
+        assert self.change in ("up", "down", "differs"), self.change
+
+
+#: One entry per notebook: its experiment panel in the browser (each helper line is one notebook).
+PANELS: dict[str, Panel] = {
+    # 00
+    "00_start_here": Panel("Calls through a lossy link", "latency ms", 1, "seconds", "up"),
+    # 01
+    "01_client_server": Panel("N+1 requests against a batch", "latency ms", 5, "N+1 s", "up"),
+    # 02
+    "02_peer_to_peer": Panel("Spread news through lossy links", "drop", 5, "messages lost", "up"),
+    # 03
+    "03_broker": Panel("Placing jobs on stale load reports", "report every", 5, "longest_queue", "up"),
+    # 04
+    "04_microservices": Panel("Checkouts per second", "payment latency ms", 5, "checkouts/s", "down"),
+}
+
+
+def _reading(table, column: str) -> list[str]:
+    """The ``column`` of every row of an experiment's results table, as shown."""
+    heads = [head.strip() for head in table.locator("thead th").all_inner_texts()]
+    assert column in heads, f"the results have no column {column!r}; they have {heads}"
+    index = heads.index(column)
+    return [row.locator("td").nth(index).inner_text().strip() for row in table.locator("tbody tr").all()]
+
+
+def _changed(before: str, after: str, change: str) -> bool:
+    if change == "differs":
+        return before != after
+    return float(after) > float(before) if change == "up" else float(after) < float(before)
+
+
+def _run_menu(page, item: str, timeout_ms: float) -> None:
+    """Choose ``item`` in the Run menu and wait until no cell is queued or running."""
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(rf"^{re.escape(item)}")).first.click()
+    page.wait_for_function(RUN_OVER, arg=STDERR, timeout=timeout_ms)
+    errors = [text for text in page.locator(STDERR).all_inner_texts() if text.strip()]
+    if errors:
+        pytest.fail("cells wrote errors in the browser:\n" + "\n---\n".join(errors))
+
+
+def run_and_drive(base: str, token: str, notebook: str, panel: Panel, profile: Path, screenshot: Path,
+                  timeout_s: float = 600.0) -> dict:
+    """Run ``notebook`` top to bottom in JupyterLab, driving ``panel`` on the way.
+
+    The notebook's last cell stops its servers, so the panel is driven while they run:
+    every cell above the panel's, the panel's, then Run, move the control, Run again,
+    then the panel's cell and all below. Returns the column's value before and after the
+    move and whether the page said "Error displaying widget"; saves a screenshot.
     """
     from playwright.sync_api import sync_playwright
 
     timeout_ms = timeout_s * 1000
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(profile),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-        )
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        page = context.pages[0] if context.pages else context.new_page()
         try:
-            page = context.pages[0] if context.pages else context.new_page()
             page.set_default_timeout(timeout_ms)
             page.goto(f"{base}lab/tree/{notebook}?token={token}")
-            # The notebook is open and its kernel is ready when the status bar says Idle.
             page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
             page.locator(".jp-StatusBar-Widget", has_text=re.compile(r"\| Idle")).first.wait_for()
 
-            page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+            source = page.locator(".jp-CodeCell").filter(
+                has=page.locator(".jp-InputArea", has_text="labkit.experiment(")).filter(
+                has=page.locator(".jp-InputArea", has_text=panel.title))
+            source.first.wait_for(state="attached", timeout=60_000)  # JupyterLab attaches long notebooks' cells late
+            assert source.count() == 1, f"{source.count()} cells make a panel titled {panel.title!r}"
+            _bring_into_view(page, source)
+            source.locator(".jp-InputPrompt").click()
+            _run_menu(page, "Run All Above Selected Cell", timeout_ms)
+            _run_menu(page, "Run Selected Cell and Do not Advance", timeout_ms)
 
-            # Run All is over when no prompt still says [*] and either the last code cell
-            # has a number or a cell failed (Run All stops at the first error).
-            page.wait_for_function(
-                """(stderr) => {
-                    const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-                        .map(p => p.textContent.trim());
-                    if (prompts.length === 0 || prompts.some(p => p.includes('*'))) return false;
-                    return /\\[\\d+\\]/.test(prompts[prompts.length - 1])
-                        || document.querySelector(stderr) !== null;
-                }""",
-                arg=STDERR,
-                timeout=timeout_ms,
-            )
-            errors = [text for text in page.locator(STDERR).all_inner_texts() if text.strip()]
-            if errors:
-                pytest.fail("cells wrote errors in the browser:\n" + "\n---\n".join(errors))
-            slider = page.locator(".jupyter-widgets .widget-slider, .jupyter-widgets.widget-slider").first
-            slider.wait_for(state="visible")
-            _bring_into_view(page, slider)
+            box = page.locator(".labkit-experiment", has_text=panel.title).first
+            box.wait_for(state="visible")
+            _bring_into_view(page, box)
+            table = box.locator(".labkit-results")
+            rows = box.locator(".labkit-results tbody tr")
+            run = box.locator("button", has_text=re.compile(r"^\s*Run\s*$")).first
+
+            def run_once() -> str:
+                before = rows.count()
+                run.click()
+                deadline = time.monotonic() + timeout_s
+                while rows.count() <= before:
+                    failed = box.locator("text=the run failed")
+                    assert not failed.count(), failed.first.inner_text()
+                    assert time.monotonic() < deadline, f"the panel {panel.title!r} did not finish a run"
+                    page.wait_for_timeout(200)
+                return _reading(table, panel.column)[-1]
+
+            first = run_once()
+            setting = _reading(table, panel.control.replace(" ", "_"))[-1]
+            if isinstance(panel.move, str):
+                box.locator(".widget-dropdown", has_text=panel.control).locator("select").select_option(panel.move)
+            else:
+                handle = box.locator(".widget-slider", has_text=panel.control).locator(
+                    ".ui-slider-handle, [role=slider]").first
+                handle.focus()
+                for _ in range(abs(panel.move)):
+                    page.keyboard.press("ArrowRight" if panel.move > 0 else "ArrowLeft")
+            # The front end sends a control's new value when the kernel has answered its last
+            # message, and the Run click can overtake it: the run's row records the value the
+            # kernel used, so run until it shows the move (a person clicking at once sees the same).
+            for _ in range(5):
+                page.wait_for_timeout(500)
+                second = run_once()
+                if _reading(table, panel.control.replace(" ", "_"))[-1] != setting:
+                    break
+            else:
+                pytest.fail(f"the kernel never saw {panel.control!r} move from {setting}")
+            _bring_into_view(page, box)
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))
-            body = page.locator("body").inner_text()
-            return {
-                "widget_error": "Error displaying widget" in body,
-                "sliders": page.locator(".widget-slider").count(),
-            }
+
+            source.locator(".jp-InputPrompt").click()
+            _run_menu(page, "Run Selected Cell and All Below", timeout_ms)
+            return {"before": first, "after": second,
+                    "widget_error": "Error displaying widget" in page.locator("body").inner_text()}
         except BaseException:  # pytest.fail too: keep a picture of what went wrong
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(Exception):
@@ -254,24 +349,23 @@ def run_all_and_screenshot(base: str, token: str, notebook: str, profile: Path, 
             context.close()
 
 
-def test_start_here_runs_in_jupyterlab_in_a_browser(tmp_path):
+@pytest.mark.parametrize("name", sorted(PANELS))
+def test_a_student_drives_the_notebooks_experiment_in_a_browser(name, tmp_path):
+    """JupyterLab runs the student edition top to bottom; moving a control changes the panel's result."""
     if not CHROMIUM.exists():
         _missing(f"{CHROMIUM} not found: install Debian's or Ubuntu's browser with `apt-get install chromium`")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         _missing("playwright is not installed: pip install -r requirements-test.txt")
-    assert (ROOT / NOTEBOOK).exists(), f"{NOTEBOOK} is missing from the repository"
-
-    before = (ROOT / NOTEBOOK).read_bytes()
+    notebook, panel = f"notebooks/{name}.ipynb", PANELS[name]
+    before = (ROOT / notebook).read_bytes()
     with jupyterlab(ROOT, tmp_path / "jupyter") as (base, token):
-        seen = run_all_and_screenshot(base, token, NOTEBOOK, tmp_path / "chromium-profile",
-                                      ARTIFACTS / "browser-00_start_here.png")
-
-    assert (ROOT / NOTEBOOK).read_bytes() == before, f"the browser session changed {NOTEBOOK}"
-
+        seen = run_and_drive(base, token, notebook, panel, tmp_path / "chromium-profile",
+                             ARTIFACTS / f"browser-{name}.png")
+    assert (ROOT / notebook).read_bytes() == before, f"the browser session changed {notebook}"
     assert not seen["widget_error"], "the page says 'Error displaying widget': the widget front end failed"
-    assert seen["sliders"] >= 1, "no slider rendered"
+    assert _changed(seen["before"], seen["after"], panel.change), (
+        f"moving {panel.control!r} by {panel.move!r} should make {panel.column!r} go {panel.change}: "
+        f"{seen['before']} -> {seen['after']}")
 
 
 # -- the hands-on tools: an experiment panel and the live diagram, in the browser ----------------

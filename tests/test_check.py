@@ -323,3 +323,37 @@ def test_no_answer_ships_in_labkit(capsys, question):
         assert not line.startswith(f"{question} passed"), f"{where} passes {question}: {line}"
     if question in ("q2.1", "q4.1"):  # the two whose service ships a function of the same name and shape
         assert candidates, f"the search found nothing for {question}, so it proves nothing"
+
+
+def test_the_kernels_examiner_outlives_an_interrupt_and_ends_with_the_kernel():
+    """Interrupt kernel sends SIGINT to the kernel's process group: it is for the kernel, not its examiner."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    ours, theirs = socket.socketpair()
+    examiner = subprocess.Popen([sys.executable, "-m", "labkit.grading.examiner", "--fd", str(theirs.fileno())],
+                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    theirs.close()
+    try:
+        def ignores_sigint() -> bool:  # from /proc: the examiner has finished starting up
+            status = open(f"/proc/{examiner.pid}/status").read()
+            return bool(int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (signal.SIGINT - 1)))
+
+        deadline = time.monotonic() + 30
+        while not ignores_sigint():
+            assert time.monotonic() < deadline and examiner.poll() is None, "the examiner never started"
+            time.sleep(0.05)
+        os.kill(examiner.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert examiner.poll() is None, examiner.stderr.read().decode()
+        ours.close()  # the kernel went away
+        assert examiner.wait(10) == 0
+        assert b"KeyboardInterrupt" not in examiner.stderr.read()
+    finally:
+        ours.close()
+        examiner.kill()
+        examiner.wait()
+        examiner.stderr.close()

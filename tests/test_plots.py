@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 import labkit
 from labkit import plots
 from labkit.apps.hello import create_app
-from labkit.plots import BLACK, BLUE, ORANGE, PURPLE
-from labkit.tracing import Trace
+from labkit.plots import BLACK, BLUE, ORANGE, PURPLE, SKY
+from labkit.tracing import Event, Trace
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -86,10 +86,9 @@ def test_sequence_draws_lanes_arrows_crosses_and_a_timeout(traffic):
     labels = texts(fig)
     for label in ("GET /hello", "GET /nope", "GET /", "200", "404", "timeout", "refused"):
         assert label in labels
-    assert legend_texts(fig) == ["2xx/3xx answer", "4xx answer", "no answer",
+    assert legend_texts(fig) == ["2xx answer", "4xx answer", "no answer",
                                  "lost / refused", "waiting until timeout"]
     colours = {tuple(c) for c in gid(fig, "messages").get_colors()}
-    from matplotlib.colors import to_rgba
     assert {to_rgba(BLUE), to_rgba(ORANGE), to_rgba(BLACK)} == colours
     assert plots.png(fig).startswith(PNG)
 
@@ -262,4 +261,136 @@ def test_a_partition_that_rejects_is_drawn_as_a_reset_at_the_caller(lab):
     [(x, _)] = [tuple(c) for c in gid(fig, "crosses").get_offsets()]
     assert x < 0.5 and "reset" in legend_texts(fig) and "lost" not in legend_texts(fig)
     [exchange] = plots._exchanges(lab.trace.events())[0]
-    assert exchange.fault == "reset on the way out by a partition"
+    assert exchange.fault == "reset on the way there by a partition"
+
+
+# -- messages that never arrived: the slope rule holds for them too ---------------------------------
+
+
+def crosses(fig):
+    return [tuple(map(float, c)) for c in gid(fig, "crosses").get_offsets()]
+
+
+def heads(fig):
+    """The tip of every arrow head, as (x, y)."""
+    return [tuple(map(float, path.vertices[0])) for path in gid(fig, "heads").get_paths()]
+
+
+def sent(trace, kind="send"):
+    return [e.t for e in trace.events() if e.kind == kind]
+
+
+def wait_for(trace, kind, count=1, timeout_s=5.0):
+    """Wait until ``trace`` holds ``count`` events of ``kind`` (a server may answer after its caller gave up)."""
+    deadline = time.monotonic() + timeout_s
+    while len(sent(trace, kind)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_lost_message_is_crossed_at_the_link_never_on_a_lane_between(lab):
+    """alice and greeter have bob's lane between them: a cross at the midpoint would sit on bob's lane
+    (as it did). The link is drawn half a lane before greeter, and the arrow keeps the slope of the
+    200 ms the message would have taken, there and back."""
+    greeter = lab.serve(create_app(), name="greeter")
+    link = lab.link(greeter, latency_ms=200, drop=(1, 0))
+    alice = lab.client("alice", timeout=0.3)
+    with pytest.raises(requests.Timeout):
+        alice.get(link.url + "/hello")
+    link.configure(drop=(0, 1))
+    with pytest.raises(requests.Timeout):
+        alice.get(link.url + "/hello")
+    wait_for(lab.trace, "dropped", 2)
+    fig = plots.sequence(lab.trace, nodes=["alice", "bob", "greeter"])
+    assert crosses(fig) and all(x == 1.5 for x, _ in crosses(fig)), crosses(fig)
+    t_request, _ = sent(lab.trace)
+    [t_reply] = sent(lab.trace, "reply")
+    lost_request, request_arrow, answer_lost = messages(fig)
+    assert lost_request == ((0, t_request), (1.5, pytest.approx(t_request + 0.75 * 0.2)))  # 3/4 of the way
+    assert request_arrow[1] == (2, pytest.approx(sent(lab.trace, "receive")[0]))
+    assert answer_lost == ((2, t_reply), (1.5, pytest.approx(t_reply + 0.25 * 0.2)))       # 1/4 of the way back
+    assert [y for _, y in crosses(fig)] == [pytest.approx(lost_request[1][1]), pytest.approx(answer_lost[1][1])]
+    assert all(x == 2 for x, _ in heads(fig))  # only the request that arrived has a head
+    assert legend_texts(fig) == ["no answer", "lost", "waiting until timeout"]
+
+
+def test_a_link_event_no_exchange_claims_is_crossed_at_the_link_too():
+    events = [Event(0.1, "dropped", "a", "c", detail="100 ms")]
+    fig = plots.sequence(events, nodes=["a", "b", "c"])
+    assert crosses(fig) == [(1.5, pytest.approx(0.175))]
+
+
+def test_an_answer_after_the_timeout_travels_on_and_reaches_the_caller_too_late(lab):
+    """The service answers, but alice gave up first: the answer is not lost half-way, it arrives
+    150 ms later (the link's latency) at a caller that no longer listens."""
+    greeter = lab.serve(create_app(), name="greeter")
+    link = lab.link(greeter, latency_ms=150)
+    alice = lab.client("alice", timeout=0.25)
+    with pytest.raises(requests.Timeout):
+        alice.get(link.url + "/hello")
+    wait_for(lab.trace, "delayed", 2)  # the answer left the service, and the link holds it 150 ms
+    time.sleep(0.2)  # the answer reaches alice's closed connection before the link closes
+    fig = plots.sequence(lab.trace)
+    [t_reply], [t_gave_up] = sent(lab.trace, "reply"), sent(lab.trace, "error")
+    _, answer = messages(fig)
+    arrival = max(t_reply + 0.15, t_gave_up)
+    assert answer == ((1, t_reply), (0, pytest.approx(arrival)))   # slanted by 150 ms, not flat
+    assert crosses(fig) == [(0, pytest.approx(arrival))]
+    assert "too late" in texts(fig) and "200" in texts(fig)
+
+
+def test_a_reset_on_the_way_there_and_on_the_way_back(lab):
+    """On the way there the connection breaks next to alice and greeter never sees the request; on
+    the way back the request arrives (greeter did the work) and its answer breaks next to greeter."""
+    greeter = lab.serve(create_app(), name="greeter")
+    link = lab.link(greeter, latency_ms=50, reset=(1, 0))
+    alice = lab.client("alice", timeout=2)
+    with pytest.raises(requests.ConnectionError):
+        alice.get(link.url + "/hello")
+    assert sent(lab.trace, "receive") == []
+    link.configure(reset=(0, 1))
+    with pytest.raises(requests.ConnectionError):
+        alice.get(link.url + "/hello")
+    [t_receive], [t_reply] = sent(lab.trace, "receive"), sent(lab.trace, "reply")
+    fig = plots.sequence(lab.trace)
+    there, request, back = messages(fig)
+    assert there[0][0] == 0 and there[1][0] == pytest.approx(0.3)
+    assert request == ((0, pytest.approx(sent(lab.trace)[1])), (1, t_receive))
+    assert back[0] == (1, t_reply) and back[1][0] == pytest.approx(0.7)
+    assert [x for x, _ in crosses(fig)] == [pytest.approx(0.3), pytest.approx(0.7)]  # none on alice's lane
+    assert texts(fig).count("reset") == 2
+    faults = [x.fault for x in plots._exchanges(lab.trace.events())[0]]
+    assert faults == ["reset on the way there", "reset on the way back"]
+    # The live diagram draws the same layout.
+    exchanges, _ = plots._exchanges(lab.trace.events())
+    lane = {"alice": 0, "greeter": 1}
+    live = [c for x in exchanges for c in plots.layout(x, lane)["crosses"]]
+    assert [tuple(map(float, c)) for c in live] == crosses(fig)
+
+
+def test_a_redirect_is_drawn_apart_from_a_success(lab, make_app):
+    app = make_app("mover")
+
+    @app.get("/old")
+    def old():
+        return "", 302, {"Location": "/hello"}
+
+    mover = lab.serve(app, name="mover")
+    alice = lab.client("alice", timeout=2)
+    assert alice.get(mover.url + "/old", allow_redirects=False).status_code == 302
+    fig = plots.sequence(lab.trace)
+    assert {tuple(c) for c in gid(fig, "messages").get_colors()} == {to_rgba(SKY)}
+    assert legend_texts(fig) == ["3xx answer (redirect)"]
+
+
+def test_the_live_legend_says_what_the_png_legend_says():
+    """live_sequence.js keeps its own copy of the outcomes' colours and legend texts: they must agree."""
+    import json
+    import re
+    from pathlib import Path
+
+    source = (Path(plots.__file__).with_name("live_sequence.js")).read_text(encoding="utf-8")
+    legend = json.loads(re.search(r"const LEGEND = (\[.*?\n\]);", source, re.S).group(1).replace(",\n]", "]"))
+    colours = dict(re.findall(r'(\w+): "(#[0-9A-Fa-f]{6})"', re.search(r"const COLOURS = \{(.*?)\};", source).group(1)))
+    shown = {kind: (colour, text) for kind, _, colour, text in legend}
+    for outcome, (colour, text) in plots._OUTCOMES.items():
+        assert shown[outcome] == (colour, text) and colours[outcome] == colour, outcome

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import re
 import threading
 import time
 
@@ -22,7 +23,7 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 import labkit
 from labkit.apps import create, payment as payment_service, store
@@ -354,6 +355,138 @@ def test_the_catalogue_adds_and_restocks(lab, db):
     assert me.get(catalogue.url + "/products/coffee").status_code == 404
 
 
+def test_reads_do_not_wait_for_a_checkout_that_holds_the_lock(lab, db):
+    """The catalogue's and the orders service's reads take no lock: browsing goes on while a checkout pays."""
+    catalogue, payment, _, orders_, gateway = _store_on(lab, db, work_ms=600)
+    paying = threading.Thread(target=buy, args=(lab.client("buyer", timeout=10), orders_.url))
+    paying.start()
+    deadline = time.monotonic() + 5
+    while not lab.trace.filter(kind="receive", node="payment") and time.monotonic() < deadline:
+        time.sleep(0.005)  # the checkout's transaction is open, and it waits for the processor
+    me = lab.client("me", timeout=10)
+    started = time.monotonic()
+    assert me.get(catalogue.url + "/products/mug").json()["stock"] == 10  # the last commit: nothing taken yet
+    assert me.get(orders_.url + "/orders").json() == {"orders": []}
+    assert me.get(gateway.url + "/api/products").status_code == 200
+    assert time.monotonic() - started < 0.4  # well before the payment answers
+    paying.join(10)
+    assert store.counts(db.engine, "mug") == {"stock": 9, "orders": 1, "payments": 1}
+    begins = [e for e in lab.trace if e.kind == "begin" and "waited" in e.detail]
+    assert not begins, [e.detail for e in begins]
+
+
+def test_a_connection_for_reads_is_refused_an_unknown_way_to_begin(db):
+    with pytest.raises(ValueError, match="immediate.*deferred"):
+        with db.engine.connect().execution_options(labkit_begin="exclusive") as c:
+            c.execute(select(products.c.sku))
+
+
+def _database_through_a_link(lab, db):
+    """A Database whose every connection goes through a labkit Link, and that Link: a database that can be cut off.
+
+    SQLite has no network: there the file's folder is moved away and back instead (``gone``).
+    """
+    import contextlib
+    import os
+
+    if db.engine.dialect.name == "sqlite":
+        folder = os.path.dirname(db.engine.url.database)
+
+        @contextlib.contextmanager
+        def gone():
+            db.engine.dispose()
+            os.rename(folder, folder + "-gone")
+            try:
+                yield
+            finally:
+                os.rename(folder + "-gone", folder)
+        return db, gone
+    url = db.engine.url
+    link = lab.link((url.host or "127.0.0.1", url.port or 5432))
+    through = lab.enter(Database(url.set(host="127.0.0.1", port=link.port).render_as_string(hide_password=False)))
+
+    @contextlib.contextmanager
+    def gone():
+        link.down = True
+        through.engine.dispose()
+        try:
+            yield
+        finally:
+            link.down = False
+    return through, gone
+
+
+def test_without_the_database_every_call_that_needs_data_answers_503_and_all_recover(lab, db):
+    database, gone = _database_through_a_link(lab, db)
+    store.setup(database.engine)
+    catalogue, payment, _, orders_, gateway = _store_on(lab, database)
+    me = lab.client("me", timeout=10)
+
+    def answers(key):
+        return {"page": me.get(gateway.url + "/").status_code,
+                "products": me.get(gateway.url + "/api/products").status_code,
+                "catalogue": me.get(catalogue.url + "/products/mug").status_code,
+                "orders": me.get(gateway.url + "/api/orders").status_code,
+                "checkout": buy(me, gateway.url + "/api", key=key).status_code,
+                "payment": me.get(payment.url + "/fees?amount_cents=100").status_code}
+
+    with gone():
+        assert answers("gone") == {"page": 200, "products": 503, "catalogue": 503, "orders": 503, "checkout": 503,
+                                   "payment": 200}
+        refused = me.get(catalogue.url + "/products")
+        assert "the database did not answer" in refused.json()["error"]
+    assert answers("back") == {"page": 200, "products": 200, "catalogue": 200, "orders": 200, "checkout": 201,
+                               "payment": 200}
+    assert charged(me, payment) == (1, 0)  # the checkout tried while the database was gone never reached payment
+
+
+def _race(db, buyers: int, stock: int, write) -> tuple[int, int]:
+    """``buyers`` threads at once, each in ONE transaction: read the mug's stock, wait 50 ms (a payment), then
+    write it (``write(tx, seen)``) and count an order if the read saw stock. Returns (orders, final stock)."""
+    store.setup(db.engine)
+    store.restock(db.engine, "mug", stock)
+    start = threading.Barrier(buyers)
+    made = []
+
+    def buyer(_):
+        start.wait(10)
+        with db.engine.begin() as tx:
+            seen = tx.execute(select(products.c.stock).where(products.c.sku == "mug")).scalar_one()
+            if seen < 1:
+                return
+            time.sleep(0.05)
+            write(tx, seen)
+        made.append(1)
+
+    with concurrent.futures.ThreadPoolExecutor(buyers) as pool:
+        list(pool.map(buyer, range(buyers)))
+    return len(made), store.counts(db.engine, "mug")["stock"]
+
+
+def test_read_then_write_in_one_transaction_oversells_on_postgresqls_read_committed_only(db):
+    """Notebook 04, section 6: a check-then-act race inside ONE transaction. SQLite's BEGIN IMMEDIATE runs
+    one writer at a time, so the check holds; PostgreSQL's default READ COMMITTED lets every buyer read the
+    stock before the first commits, and each relative UPDATE then applies to the new row: oversold."""
+    made, left = _race(db, buyers=12, stock=4, write=lambda tx, seen: tx.execute(
+        update(products).where(products.c.sku == "mug").values(stock=products.c.stock - 1)))
+    if db.engine.dialect.name == "sqlite":
+        assert (made, left) == (4, 0)
+    else:
+        assert made > 4 and left == 4 - made  # no update lost: every "stock - 1" applied, below zero
+
+
+def test_writing_back_a_value_read_loses_updates_on_postgresqls_read_committed_only(db):
+    """The lost update: each transaction writes back ``seen - 1``; on PostgreSQL's READ COMMITTED the writes
+    overwrite each other and the stock ends higher than the orders allow. SQLite's one writer at a time keeps it."""
+    made, left = _race(db, buyers=12, stock=100, write=lambda tx, seen: tx.execute(
+        update(products).where(products.c.sku == "mug").values(stock=seen - 1)))
+    assert made == 12
+    if db.engine.dialect.name == "sqlite":
+        assert left == 88
+    else:
+        assert left > 88  # updates lost: (left - 88) decrements vanished
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="decline_rate must be a number"):
         create("payment", decline_rate=True)
@@ -492,3 +625,42 @@ def test_the_solution_cell_plugs_into_the_orders_service():
     own = list(inspect.signature(orders_service.checkout).parameters)
     assert own == ["engine", "items", "key", "pay"]
     assert [arg.arg for arg in answer.args.args] == own
+
+
+def test_the_page_keeps_the_key_after_a_503_so_buying_again_finds_the_charge(lab):
+    """A 503 leaves the outcome unknown (the processor may have charged): the page's next Buy of that
+    product sends the same key, and gets the charge the first try made, not a second one."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    from pathlib import Path
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
+    db = lab.enter(Database())
+    _, payment, _, _, gateway = _store_on(lab, db, orders_options={"payment_attempts": 1}, work_ms=1500)
+    me = lab.client("me", timeout=10)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(gateway.url + "/")
+            page.wait_for_selector("button", timeout=15_000)
+            key = page.evaluate("() => { crypto.randomUUID = undefined; return newKey(); }")  # as on plain http
+            assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", key), key
+            page.click("button >> nth=1")  # the mug: the processor takes 1.5 s, the orders service waits 1 s
+            page.wait_for_function("document.getElementById('message').textContent.startsWith('503')",
+                                   timeout=15_000)
+            assert "same key" in page.inner_text("#message")
+            _wait_for_charges(me, payment, 1)  # the timed-out try was charged all the same
+            me.put(payment.url + "/faults", json={"work_ms": 0}).raise_for_status()
+            page.click("button >> nth=1")
+            page.wait_for_selector("#orders li", timeout=15_000)
+            assert page.inner_text("#message") == "bought: order #1, payment pay-0001"
+            page.click("button >> nth=1")  # a new purchase after a final answer: a new key
+            page.wait_for_function("document.getElementById('message').textContent.includes('order #2')",
+                                   timeout=15_000)
+        finally:
+            browser.close()
+    assert charged(me, payment) == (2, 0)  # one charge per purchase: the retry found the first
+    assert me.get(payment.url + "/stats").json()["replayed"] == 1
+    assert store.counts(db.engine, "mug") == {"stock": 8, "orders": 2, "payments": 2}

@@ -7,6 +7,8 @@
 
 It reads and writes the shared store database (:mod:`labkit.apps.store`): pass ``db``
 (a labkit Database) or ``url``; with neither it uses LABKIT_DATABASE_URL or a new SQLite file.
+Its reads take no lock, so browsing never waits for a checkout; when the database cannot
+be reached, every route answers 503.
 """
 
 from __future__ import annotations
@@ -42,18 +44,16 @@ routes = Blueprint("catalogue", __name__)
 
 @routes.get("/products")
 def list_products():
-    with kit.state().engine.connect() as c:
+    with store.reading(kit.state().engine) as c:
         rows = c.execute(select(products).order_by(products.c.sku)).mappings().all()
-        c.rollback()
     return {"products": [dict(r) for r in rows]}
 
 
 @routes.get("/products/<sku>")
 def get_product(sku: str):
     state = kit.state()
-    with state.engine.connect() as c:
+    with store.reading(state.engine) as c:
         row = state.product(c, sku)
-        c.rollback()
     if row is None:
         abort(404, f"no product with sku {sku!r:.60}; GET /products lists them")
     return row
@@ -78,4 +78,5 @@ def put_product(sku: str):
 
 def create_app(*, name: str = "catalogue", db=None, url: str | None = None, start_with=store.DEFAULT_PRODUCTS):
     """A catalogue on the shared database; an empty catalogue gets ``start_with``: (sku, name, price_cents, stock) rows."""
-    return kit.make_app(name, Catalogue(store.database(db, url), owned=db is None, start_with=start_with), routes)
+    app = kit.make_app(name, Catalogue(store.database(db, url), owned=db is None, start_with=start_with), routes)
+    return store.answer_503_without_the_database(app)

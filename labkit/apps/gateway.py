@@ -35,8 +35,10 @@ PAGE = """<!doctype html>
 <body>
 <h1>The labkit store</h1>
 <p>This page talks only to the gateway; the gateway passes each call on to the catalogue or
-the orders service, and the orders service calls payment. Every click is one checkout with
-its own idempotency key: if the answer is lost, the page asks again with the same key.</p>
+the orders service, and the orders service calls payment. Every purchase has its own random
+idempotency key: if the answer is lost, the page asks again with the same key, and after an
+answer that leaves the outcome unknown (5xx) it keeps the key for your next click on that
+product, so a charge already made is found again, not made twice.</p>
 <table><thead><tr><th>product</th><th>price</th><th>in stock</th><th></th></tr></thead>
 <tbody id="products"><tr><td colspan="4">loading...</td></tr></tbody></table>
 <div id="message"></div>
@@ -44,9 +46,14 @@ its own idempotency key: if the answer is lost, the page asks again with the sam
 <ul id="orders"></ul>
 <script>
 // Relative URLs only ("api/...", never "/api/..."): behind Binder's proxy the page lives under a path.
+// A random version 4 UUID. crypto.randomUUID exists only in secure contexts (https, localhost);
+// crypto.getRandomValues also on plain http, such as another machine's http://D:5001/.
 function newKey() {
   if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
-  return String(Date.now()) + "-" + String(Math.random()).slice(2);
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;  // version 4, RFC 9562 variant
+  const hex = Array.from(b, x => x.toString(16).padStart(2, "0")).join("");
+  return [hex.slice(0, 8), hex.slice(8, 12), hex.slice(12, 16), hex.slice(16, 20), hex.slice(20)].join("-");
 }
 function say(text, good) {
   const m = document.getElementById("message");
@@ -78,18 +85,27 @@ async function load() {
     }
   } catch (error) { say("the gateway did not answer: " + error, false); }
 }
+// A purchase whose outcome is unknown (no answer, or a 5xx) keeps its key: the next Buy of that
+// product is a retry of the same purchase. A final answer (2xx or 4xx) ends the purchase.
+const unsure = {};
 async function buy(sku) {
-  const key = newKey();
+  const key = unsure[sku] || newKey();
+  unsure[sku] = key;
   for (let attempt = 1; attempt <= 3; attempt++) {
     try {
       const answer = await fetch("api/checkout", {method: "POST",
         headers: {"Content-Type": "application/json", "Idempotency-Key": key},
         body: JSON.stringify({items: [{sku: sku, qty: 1}]})});
       const data = await answer.json();
+      if (answer.status < 500) delete unsure[sku];
       if (answer.ok) say("bought: order #" + data.order.id + ", payment " + data.order.payment, true);
-      else say(answer.status + ": " + data.error, false);
+      else if (answer.status < 500) say(answer.status + ": " + data.error, false);
+      else say(answer.status + ": " + data.error + " (Buy again retries this purchase, with the same key)", false);
       break;
-    } catch (error) { say("no answer (attempt " + attempt + "), trying again with the same key...", false); }
+    } catch (error) {
+      say(attempt < 3 ? "no answer (attempt " + attempt + "), trying again with the same key..."
+                      : "no answer; Buy again retries this purchase, with the same key", false);
+    }
   }
   load();
 }

@@ -4,19 +4,22 @@
                               -> 201 {"order": {"id", "items", "amount_cents", "payment"}}
                               404 unknown sku, 409 not enough stock, 402 payment declined (for
                               good: a new attempt takes a new key), 503 the payment service did
-                              not answer (try again with the same key), 422 the key was used for
-                              another basket. The same key again gives the first answer again
-                              (header ``Idempotent-Replayed: true``): a retry never buys or
-                              charges twice.
+                              not answer (the outcome unknown, no order written: retry with the
+                              same key, which finds a charge already made), 422 the key was used for
+                              another basket, 503 too when the database cannot be reached. The
+                              same key again gives the first answer again (header
+                              ``Idempotent-Replayed: true``): a retry never buys or charges twice.
     GET  /orders              {"orders": [...]} by id
     GET  /orders/<id>         one order
 
 The checkout takes the stock (a conditional UPDATE, so never below zero), writes the
 order and records the payment in one transaction of the shared database
 (:mod:`labkit.apps.store`); it calls the payment service in the middle, so a failed
-payment rolls all of it back. The store's own :func:`checkout` sells one product per
-order; ``create_app(checkout=...)`` plugs in another function with its signature, such
-as one that takes a whole basket (notebook 04's exercise).
+payment rolls all of it back (and holds the transaction's lock until payment answers).
+The service's own reads (the key, the skus, the order it answers with, GET /orders)
+take no lock, so they never wait for another checkout. The store's own :func:`checkout`
+sells one product per order; ``create_app(checkout=...)`` plugs in another function
+with its signature, such as one that takes a whole basket (notebook 04's exercise).
 
 ``python -m labkit serve orders`` finds the payment service at LABKIT_PAYMENT_URL and
 the database at LABKIT_DATABASE_URL.
@@ -102,27 +105,23 @@ class Orders:
                                           "new Idempotency-Key")
                 problem = ("409: the first attempt is still in progress" if answer.status_code == 409
                            else f"status {answer.status_code}")
-            raise PaymentUnavailable(f"the payment service could not confirm the payment ({problem}); nothing "
-                                     f"was bought: try again with the same Idempotency-Key")
+            raise PaymentUnavailable(f"the payment service could not confirm the payment ({problem}); its outcome "
+                                     f"is unknown (you may have been charged): retry with the same Idempotency-Key")
         return pay
 
+    # Reads take no lock (store.reading): they never wait for another checkout's transaction.
     def read(self, order_id: int) -> dict | None:
-        with self.engine.connect() as c:
-            row = store.order_row(c, order_id)
-            c.rollback()
-        return row
+        with store.reading(self.engine) as c:
+            return store.order_row(c, order_id)
 
     def order_for(self, key: str) -> int | None:
-        with self.engine.connect() as c:
-            found = c.execute(select(orders.c.id).where(orders.c.key == key)).scalar()
-            c.rollback()
-        return found
+        with store.reading(self.engine) as c:
+            return c.execute(select(orders.c.id).where(orders.c.key == key)).scalar()
 
     def unknown(self, items) -> list[str]:
         skus = [sku for sku, _ in items]
-        with self.engine.connect() as c:
+        with store.reading(self.engine) as c:
             known = set(c.execute(select(products.c.sku).where(products.c.sku.in_(skus))).scalars())
-            c.rollback()
         return [sku for sku in skus if sku not in known]
 
     def buy(self, items, key: str):
@@ -132,8 +131,8 @@ class Orders:
             abort(404, f"no product with sku {missing[0]!r:.60}; GET /products of the catalogue lists them")
         try:
             order_id = self.checkout(self.engine, items, key, self.payer(key))
-        except (PaymentError, Invalid):
-            raise
+        except (PaymentError, Invalid, sqlalchemy.exc.OperationalError):
+            raise  # a 402/503, a 400, or the database gone (503)
         except Exception as error:  # noqa: BLE001 - a twin request, or a broken checkout function
             twin = self.order_for(key) if isinstance(error, sqlalchemy.exc.IntegrityError) else None
             if twin is None:  # not the same key committed meanwhile (PostgreSQL): a broken checkout
@@ -198,10 +197,9 @@ def post_checkout():
 @routes.get("/orders")
 def list_orders():
     state = kit.state()
-    with state.engine.connect() as c:
+    with store.reading(state.engine) as c:
         ids = c.execute(select(orders.c.id).order_by(orders.c.id)).scalars().all()
         rows = [store.order_row(c, i) for i in ids]
-        c.rollback()
     return {"orders": rows}
 
 
@@ -225,4 +223,4 @@ def create_app(*, name: str = "orders", db=None, url: str | None = None, payment
     state = Orders(name, database, owned=db is None, checkout=checkout, trace=trace,
                    payment_url=payment_url or os.environ.get("LABKIT_PAYMENT_URL", "http://127.0.0.1:5004"),
                    timeout_s=timeout_s, payment_attempts=payment_attempts)
-    return kit.make_app(name, state, routes)
+    return store.answer_503_without_the_database(kit.make_app(name, state, routes))

@@ -3,7 +3,8 @@
     GET  /orders              {"ids": [...]}: every order's id
     GET  /orders/<id>         one order: {"id", "customer", "items": [{"sku", "qty", "price"}]}
     POST /orders/batch        {"ids": [...]} -> {"orders": [...]} in the order asked
-    GET  /visits              {"visits": n}: how many requests this server has answered (stateful!)
+    GET  /visits              {"visits": n}: how many requests this server has received, this one
+                              included (stateful: kept in memory, lost when the server restarts)
 
 The orders are made up from ``seed``, so every run sees the same shop.
 """

@@ -17,9 +17,11 @@ when it does not. A real shop would add the constraint as a second guard.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, func, insert, select, update
+from flask import jsonify
+from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, exc, func, insert, select, update
 
 from ..db import Database
 
@@ -88,6 +90,28 @@ def database(db=None, url: str | None = None) -> Database:
     return made
 
 
+@contextlib.contextmanager
+def reading(engine):
+    """A connection for reads only, rolled back at the end. On SQLite it takes no lock, so a
+    read never waits for a checkout that holds the write lock (it sees the last commit)."""
+    with engine.connect().execution_options(labkit_begin="deferred") as connection:
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+def answer_503_without_the_database(app):
+    """Make ``app`` answer 503 (not 500) when the shared database cannot be reached or stays locked."""
+    app.register_error_handler(exc.OperationalError, _database_unavailable)
+    return app
+
+
+def _database_unavailable(error):
+    return jsonify(error=f"the database did not answer ({type(error.orig or error).__name__}); try again later, "
+                         f"a checkout with the same Idempotency-Key"), 503
+
+
 def setup(engine, start_with=DEFAULT_PRODUCTS) -> None:
     """Create the tables if they are missing, and give an empty catalogue ``start_with``."""
     with _setup_lock:
@@ -118,7 +142,7 @@ def reset(engine) -> None:
 
 def counts(engine, sku: str | None = None) -> dict:
     """{"stock": of sku (or of all products), "orders": n, "payments": n}: what a lesson prints."""
-    with engine.connect() as c:
+    with reading(engine) as c:
         stock = select(func.coalesce(func.sum(products.c.stock), 0))
         if sku is not None:
             stock = stock.where(products.c.sku == sku)
@@ -127,7 +151,6 @@ def counts(engine, sku: str | None = None) -> dict:
             "orders": c.execute(select(func.count()).select_from(orders)).scalar_one(),
             "payments": c.execute(select(func.count()).select_from(payments)).scalar_one(),
         }
-        c.rollback()
     return {k: int(v) for k, v in result.items()}
 
 

@@ -3,19 +3,25 @@
     GET  /          {"name", "kind", "jobs": n}
     GET  /hello     {"name", "kind"}: who answers at this address
     POST /jobs      {"numbers": [int, ...]} with "Authorization: Bearer TOKEN" (a token the broker
-                    signed) -> {"by": this worker, "for": the token's owner, "sum": ...}; 401 without
-                    a valid token
+                    signed for this worker: its audience is the worker's name) -> {"by": this worker,
+                    "for": the token's owner, "sum": ...}; 401 without a valid token
     GET  /stats     {"jobs": n} jobs done so far
 
 The worker checks tokens itself, with the broker's public key: it fetches the broker's
 key set (``/.well-known/jwks.json``) on first need, and again only when a token names a
-key it has not seen, so signed-in callers keep working while the broker is away.
+key it has not seen, so signed-in callers keep working while the broker is away. It
+accepts only tokens whose audience (``aud``) is its own name: a token alice got for bob
+is refused by carol, so bob cannot replay it there. The key set comes over plain HTTP
+from whatever answers at the broker's address, and the worker believes every fetch: each
+one replaces the keys it had (nothing is pinned), and anyone can make it fetch again, at
+most every 30 s, by sending a token that names an unknown key id.
 
 Being a peer of the broker (registering, sending heartbeats with its load, leaving) is
 :class:`Member`'s job; :func:`start` serves a worker and makes it a member in one call::
 
     bob = worker.start("bob", broker.url, "bob-secret", load=2)   # doctest: +SKIP
     bob.load = 5            # reported at the next heartbeat
+    bob.token_for("carol")  # a token that carol (and only carol) accepts from bob
     bob.stop()              # leaves the broker, stops heartbeats and the server
 
 As its own process: ``LABKIT_PEER_NAME=bob LABKIT_PEER_SECRET=s LABKIT_BROKER_URL=http://A:5001
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import jwt
 import requests
@@ -36,6 +43,7 @@ from .. import server as _server
 from ..client import Client
 from ..errors import Invalid, KeysUnavailable
 from . import kit, tokens
+from .broker import audience_of, wrong_audience
 
 MAX_NUMBERS = 1000
 
@@ -59,11 +67,14 @@ class WorkerState:
         if self.keys is None:
             abort(503, "this worker knows no broker, so it trusts no token")
         try:
-            return tokens.verify(token, self.keys)["sub"]
+            return tokens.verify(token, self.keys, audience=self.name)["sub"]
         except KeysUnavailable:
             abort(503, "this worker does not have the broker's public key yet, so it trusts no token; "
                        "try again when the broker is reachable")
         except jwt.InvalidTokenError as error:
+            if wrong_audience(error):
+                abort(401, f"this token is for {audience_of(token)}, not for {self.name!r}: ask the broker for a "
+                           f"token for {self.name!r} (POST /tokens)")
             abort(401, f"the token is not valid ({error}); sign in at the broker again")
 
     def did_a_job(self) -> int:
@@ -134,8 +145,12 @@ class Member:
     ``server`` is the peer's labkit server (its URL is registered unless ``url`` is
     given; heartbeats end when it stops). ``load`` is reported at every heartbeat
     and may be changed at any time. If the broker has forgotten the peer (a 404 to a
-    heartbeat), the member registers again. ``stop()`` ends the heartbeats and, with
-    ``leave=True``, tells the broker at once; a peer that crashes never does.
+    heartbeat), the member registers again. Its token for the broker is renewed (by
+    registering again, with its secret) once less than a tenth of its life is left, at
+    the next heartbeat or :meth:`token_for`, so the tokens it gets for peers have most
+    of their life ahead; while the broker is unreachable nothing can be renewed.
+    ``stop()`` ends the heartbeats and, with ``leave=True``, tells the broker at once;
+    a peer that crashes never does.
     """
 
     def __init__(self, server, broker_url: str, secret: str, *, name: str | None = None, kind: str = "worker",
@@ -145,8 +160,11 @@ class Member:
         self.name = name or server.name
         self.kind, self.secret, self.load, self.heartbeat_s = kind, secret, load, heartbeat_s
         self.url = url or server.url
-        self.token: str | None = None
+        self.token: str | None = None  # for the broker itself: heartbeats, leaving, getting tokens for peers
+        self._renew_at = float("inf")  # when (time.time()) the broker's token should be renewed
         self.heartbeats = 0  # heartbeats the broker accepted
+        self._tokens: dict[str, tuple[str, float]] = {}  # audience -> (token, when it expires)
+        self._tokens_lock = threading.Lock()
         self._client = Client(self.name, timeout=max(0.5, min(2.0, heartbeat_s)), trace=trace)
         self._stopping = threading.Event()
         try:
@@ -158,11 +176,51 @@ class Member:
         self._thread = threading.Thread(target=self._beat, name=f"labkit-heartbeat-{self.name}", daemon=True)
         self._thread.start()
 
-    def _register(self) -> None:
-        answer = self._client.post(self.broker_url + "/register", json={
+    def _register(self, client=None) -> None:
+        answer = (client or self._client).post(self.broker_url + "/register", json={
             "name": self.name, "kind": self.kind, "url": self.url, "secret": self.secret, "load": self.load})
         answer.raise_for_status()
-        self.token = answer.json()["token"]
+        token, now = answer.json()["token"], time.time()
+        try:  # its own token: read, not checked, to know when to renew it
+            claims = jwt.decode(token, options={"verify_signature": False})
+            life = float(claims["exp"]) - float(claims["iat"])
+        except (jwt.InvalidTokenError, KeyError, TypeError, ValueError):
+            life = float("inf")
+        self.token, self._renew_at = token, now + 0.9 * life
+
+    def _token_fresh(self) -> bool:
+        """Whether the broker's token has more than a tenth of its life left."""
+        return self.token is not None and time.time() < self._renew_at
+
+    def forget_tokens(self) -> None:
+        """Drop the tokens kept for peers: the next :meth:`token_for` of each asks the broker again."""
+        with self._tokens_lock:
+            self._tokens.clear()
+
+    def token_for(self, audience: str) -> str:
+        """A token saying this is its peer, for the peer called ``audience`` only (POST /tokens at the broker).
+
+        Kept and given again while it has more than a tenth of its life (and at least a second) left.
+        """
+        with self._tokens_lock:
+            token, expires = self._tokens.get(audience, (None, 0.0))
+            if token is not None and expires - time.time() > 1.0:
+                return token
+        with Client(self.name, timeout=2, trace=self._client.trace) as client:
+            for attempt in range(2):
+                if not self._token_fresh():
+                    self._register(client)
+                answer = client.post(self.broker_url + "/tokens", json={"audience": audience},
+                                     headers={"Authorization": f"Bearer {self.token}"})
+                if answer.status_code != 401 or attempt:
+                    break
+                self.token = None  # the broker's token expired (or the broker was restarted): sign in again
+            answer.raise_for_status()
+        body = answer.json()
+        with self._tokens_lock:
+            # reuse it until a tenth of its life is left
+            self._tokens[audience] = (body["token"], time.time() + 0.9 * body["expires_in"])
+        return body["token"]
 
     def _beat(self) -> None:
         try:
@@ -170,7 +228,7 @@ class Member:
                 if self.server is not None and not self.server.running:
                     return  # the peer's server stopped: so does its heartbeat
                 try:
-                    if self.token is None:
+                    if not self._token_fresh():  # none yet, or near its expiry: sign in again
                         self._register()
                         continue
                     answer = self._client.post(self.broker_url + "/heartbeat", json={"name": self.name, "load": self.load},
@@ -224,7 +282,12 @@ class Worker:
 
     @property
     def token(self) -> str | None:
+        """The token for the broker (heartbeats, leaving); calls to other peers need :meth:`token_for`."""
         return self.member.token
+
+    def token_for(self, audience: str) -> str:
+        """A token the peer called ``audience`` accepts from this worker (see :meth:`Member.token_for`)."""
+        return self.member.token_for(audience)
 
     def stop(self, *, leave: bool = True) -> None:
         """Stop: leave the broker (unless ``leave=False``, a crash), end heartbeats, stop the server."""

@@ -89,7 +89,7 @@ import time
 from pathlib import Path
 
 from . import core, tools
-from . import styles, features  # noqa: F401, I001  (they register their metrics, in the notebooks' order)
+from . import processes, styles, features  # noqa: F401, I001  (they register their metrics, in the notebooks' order)
 from .tools import CLASS_SIZE, CLASS_SIZE_QUICK, METRICS, OPT_IN
 
 SERIAL_SUBMISSIONS = core.SERIAL_SUBMISSIONS

@@ -90,7 +90,7 @@ def bench_broker(plan: Plan, keys: set) -> dict:
             stack.callback(member.stop, leave=False)
             members[name] = member
         client = stack.enter_context(labkit.Client("bench-alice", trace=log))
-        auth = {"Authorization": f"Bearer {members['bench-alice'].token}"}
+        auth = {"Authorization": f"Bearer {members['bench-alice'].token_for('bench-bob')}"}  # bob accepts only his own
         bob_url = client.get(to_broker.url + "/peers/bench-bob").json()["url"]  # looked up once
         relay_url = to_broker.url + "/relay/bench-bob/jobs"
         sides = {

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -356,6 +357,9 @@ def main(argv=None) -> int:
     record = open(args.record, "a", encoding="utf-8") if args.record else None
     options = {"record": record, "points": json.loads(args.points)}
     if args.fd is not None:
+        # The kernel's own examiner: the kernel's Interrupt (SIGINT to its process group) is
+        # for the kernel; this process ends when the kernel's end of the socket closes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _serve_socket(socket.socket(fileno=args.fd), **options)
         return 0
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -87,6 +87,19 @@ def messages_short_client_timeout(client, base_url, after):
             return messages
 
 
+def messages_one_long_poll(client, base_url, after):
+    response = client.get(base_url + "/messages", params={"after": after, "wait_s": 5}, timeout=10)
+    return response.json()["messages"]
+
+
+def messages_timeout_shorter_than_wait(client, base_url, after):
+    while True:
+        response = client.get(base_url + "/messages", params={"after": after, "wait_s": 5}, timeout=2)
+        messages = response.json()["messages"]
+        if messages:
+            return messages
+
+
 def messages_no_wait(client, base_url, after):
     return client.get(base_url + "/messages", params={"after": after}).json()["messages"]
 
@@ -121,6 +134,12 @@ WRONG = [
     ("q1.3", messages_short_client_timeout, ["your answer raised ReadTimeout (no answer within the client's timeout)",
                                              "the client's timeout must be longer than the server's wait"]),
     ("q1.3", messages_no_wait, ["it returned [] before any new message was posted"]),
+    ("q1.3", messages_one_long_poll, ["a long poll that ends empty first (a message posted after 6 s): "
+                                      "it returned [] before any new message was posted",
+                                      "when a long poll ends empty, long-poll again"]),
+    ("q1.3", messages_timeout_shorter_than_wait, ["a long poll that ends empty first (a message posted after 6 s): "
+                                                  "your answer raised ReadTimeout",
+                                                  "the client's timeout must be longer than the server's wait"]),
     ("q1.3", messages_ignore_after, ["for after=2 it returned messages with ids [1, 2]",
                                      "only ids greater than 2 belong"]),
 ]

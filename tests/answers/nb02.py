@@ -140,6 +140,18 @@ def join_catches_only_connection_errors(client, name, address, bootstrap):
     return None
 
 
+def join_trusts_any_success(client, name, address, bootstrap):
+    """Subtle: takes any answer with a success status for a peer's, so a server without "members" breaks it."""
+    for url in bootstrap:
+        try:
+            response = client.post(url + "/join", json={"name": name, "address": address}, timeout=0.5)
+            response.raise_for_status()
+            return response.json()["members"]
+        except requests.exceptions.RequestException:
+            continue
+    return None
+
+
 def join_returns_response(client, name, address, bootstrap):
     for url in bootstrap:
         try:
@@ -165,4 +177,5 @@ WRONG = [
     ("q2.2", join_no_timeout, ["more than 3 s", "timeout=0.5"]),
     ("q2.2", join_catches_only_connection_errors, ["your answer raised ReadTimeout", "RequestException"]),
     ("q2.2", join_returns_response, ["response object"]),
+    ("q2.2", join_trusts_any_success, ["your answer raised KeyError", "no peer's", "KeyError"]),
 ]

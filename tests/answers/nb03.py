@@ -94,6 +94,46 @@ def call_ignores_404(client, broker_url, peer, path, cache):
     return None
 
 
+def call_returns_error_bodies(client, broker_url, peer, path, cache):
+    """Right in every way but one: an error answer's JSON body comes back as if it were the answer."""
+    for _ in range(2):
+        url = cache.get(peer)
+        if url is None:
+            try:
+                answer = client.get(f"{broker_url}/peers/{peer}", timeout=1)
+            except requests.exceptions.RequestException:
+                return None
+            if answer.status_code != 200:
+                return None
+            url = cache[peer] = answer.json()["url"]
+        try:
+            return client.get(url + path, timeout=1).json()
+        except requests.exceptions.RequestException:
+            cache.pop(peer, None)
+    return None
+
+
+def call_error_status_forgets_the_address(client, broker_url, peer, path, cache):
+    """Returns None on an error status, but treats it like a dead address and asks the broker again."""
+    for _ in range(2):
+        url = cache.get(peer)
+        if url is None:
+            try:
+                answer = client.get(f"{broker_url}/peers/{peer}", timeout=1)
+            except requests.exceptions.RequestException:
+                return None
+            if answer.status_code != 200:
+                return None
+            url = cache[peer] = answer.json()["url"]
+        try:
+            answer = client.get(url + path, timeout=1)
+            answer.raise_for_status()
+            return answer.json()
+        except requests.exceptions.RequestException:
+            cache.pop(peer, None)
+    return None
+
+
 WRONG = [
     ("q3.1", call_no_cache, ["two peers, ten calls: each looked up once: it asked the broker 10 times",
                              "look a peer up only when it is not in cache"]),
@@ -106,4 +146,9 @@ WRONG = [
     ("q3.1", call_refresh_not_stored, ["a peer moved to a new address: after finding alice's new address "
                                        "it asked the broker again 3 times", "cache[peer] = new url"]),
     ("q3.1", call_ignores_404, ["a peer the broker does not know: your answer raised KeyError: 'url'"]),
+    ("q3.1", call_returns_error_bodies, ["the peer answers with an error status: alice answered 503 "
+                                         "(Service Unavailable), yet it returned", "expected None",
+                                         "return None (answer.ok is False)"]),
+    ("q3.1", call_error_status_forgets_the_address, ["the peer answers with an error status: alice answered 503: "
+                                                     "she was reached at her address, yet it asked the broker again"]),
 ]

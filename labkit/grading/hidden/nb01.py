@@ -221,6 +221,8 @@ LATE_S = 0.6
 MAX_POLLS = 3
 #: How long an answer may take when messages are already waiting.
 AT_ONCE_S = 1.0
+#: When the message comes in the test where a first long poll (wait_s=5) must end empty.
+POST_AFTER_EMPTY_S = 6.0
 
 q13 = Question(
     "q1.3", "next_messages", params=("client", "base_url", "after"),
@@ -293,3 +295,26 @@ def _(run):
                    f"it should return within about 0.3 s",
                    "long-poll: with wait_s=S the server answers the moment a message arrives, "
                    "while sleeping between polls makes you late")
+
+
+@q13.test("a long poll that ends empty first (a message posted after 6 s)",
+          raise_hints={requests.exceptions.ReadTimeout: _READ_TIMEOUT})
+def _(run):
+    app, server, poster = _chat(run, ["hi", "anyone here?"])
+    link = run.link(server, latency_ms=20)
+    client = run.client()
+    post = run.later(POST_AFTER_EMPTY_S, lambda: poster.post(server.url + "/messages", json={"text": "sorry, I was out"}))
+    call = run.call(client, link.url, 2)
+    if post.started_at is None or call.ended < post.started_at:
+        raise Fail(f"it returned {show(call.value)} before any new message was posted: "
+                   f"a long poll that ends with no message is not the end of the wait",
+                   "loop: when a long poll ends empty, long-poll again until the list of messages is not empty")
+    _judge_messages(call.value, _messages_after(app, 2), 2)
+    polls = len(call.receives(server, src=client.name, method="GET"))
+    if polls > MAX_POLLS:
+        raise Fail(f"it made more than {MAX_POLLS} requests while waiting {POST_AFTER_EMPTY_S:g} s for one message "
+                   f"(with wait_s=5, 2 are enough)", _LONG_POLL)
+    if call.ended - post.started_at > LATE_S:
+        raise Fail(f"it returned more than {LATE_S:g} s after the message was posted; "
+                   f"it should return within about 0.3 s",
+                   "long-poll again at once when a long poll ends empty: do not sleep between polls")

@@ -4,6 +4,7 @@ import concurrent.futures
 import copy
 import random
 
+import flask
 import requests
 
 from labkit.apps.peer import create_app, network_dial
@@ -239,6 +240,19 @@ q22 = Question(
 _CATCH_ALL = ("a dead peer refuses the connection (ConnectionError) and a silent one makes the call time out "
               "(Timeout): catch requests.exceptions.RequestException, which covers both, and try the next address")
 _TIMEOUT = "pass timeout=0.5 to client.post, or a silent bootstrap peer holds you for the client's default 5 s"
+_NOT_A_PEER = ('an answer with a success status whose JSON holds no "members" is no peer\'s: catch KeyError and '
+               "TypeError (and ValueError) too, beside requests.exceptions.RequestException, and try the next address")
+
+
+def _not_a_peer():
+    """A server that answers POST /join with 200 and a JSON object without "members"."""
+    app = flask.Flask("not-a-peer")
+
+    @app.post("/join")
+    def join():
+        return {"hello": "this is a web site, not a peer"}
+
+    return app
 
 
 def _bootstrap_mesh(run):
@@ -288,6 +302,16 @@ def _(run):
     alive = run.link(servers[names[2]], latency_ms=20)
     call = run.call(run.client("new·check"), "new·check", "http://127.0.0.1:9/", [dead.url, silent.url, alive.url])
     _judge_join(call, apps, servers, names[2], "new·check")
+
+
+@q22.test("the first bootstrap address answers 200 without members, the second is a live peer",
+          raise_hints={KeyError: _NOT_A_PEER, TypeError: _NOT_A_PEER})
+def _(run):
+    names, apps, servers = _bootstrap_mesh(run)
+    stranger = run.serve(_not_a_peer(), "site·check")
+    alive = run.link(servers[names[0]], latency_ms=20)
+    call = run.call(run.client("new·check"), "new·check", "http://127.0.0.1:9/", [stranger.url, alive.url])
+    _judge_join(call, apps, servers, names[0], "new·check")
 
 
 @q22.test("every bootstrap peer is dead",

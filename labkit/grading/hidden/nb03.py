@@ -28,6 +28,8 @@ _USE_CACHE = ("look a peer up only when it is not in cache yet: cache[peer] = th
               "and use it on the next calls")
 _REFRESH = ("when the cached address refuses the connection, the peer may have moved: forget it "
             "(cache.pop(peer)), ask the broker again, store the new address, and call that")
+_ERROR_STATUS = ("an error status (4xx or 5xx) is the peer's own answer: return None (answer.ok is False), "
+                 "and keep its address, which works")
 
 
 def _hello(name: str) -> dict:
@@ -45,11 +47,15 @@ def _setup(run, *names):
 
 def _serve_peer(run, broker_app, name: str, server_name: str):
     server = run.serve(create("worker", name=name), server_name)
+    _register(broker_app, name, server.url)
+    return server
+
+
+def _register(broker_app, name: str, url: str) -> None:
     answer = broker_app.test_client().post("/register", json={
-        "name": name, "kind": "worker", "url": server.url, "secret": f"{name}-secret"})
+        "name": name, "kind": "worker", "url": url, "secret": f"{name}-secret"})
     if answer.status_code != 201:  # the check's own mistake: say so loudly
         raise RuntimeError(f"registering {name} at the test broker failed: {answer.get_json()}")
-    return server
 
 
 def _expect(call, name: str, situation: str, hint: str = "") -> None:
@@ -157,3 +163,30 @@ def _(run):
     if call.value is not None:
         raise Fail(f"the broker answered 404 (no peer named 'dave'), yet it returned {show(call.value)}; "
                    f"expected None", "check the broker's status: a 404 means there is no such peer, so return None")
+
+
+@q31.test("the peer answers with an error status")
+def _(run):
+    broker_app, broker, link, _ = _setup(run)
+    alice = run.serve(create("worker", name="alice"), "alice·check")
+    in_front = run.link(alice)  # the link answers 503 in alice's place when told to
+    _register(broker_app, "alice", in_front.url)
+    client, cache = run.client(), {}
+    _expect(run.call(client, link.url, "alice", "/hello", cache), "alice", "before the errors")
+    in_front.error_status, in_front.error_rate = 503, 1.0
+    call = run.call(client, link.url, "alice", "/hello", cache)
+    if call.value is not None:
+        raise Fail(f"alice answered 503 (Service Unavailable), yet it returned {show(call.value)}; expected None",
+                   _ERROR_STATUS)
+    if _lookups(call, broker):
+        raise Fail("alice answered 503: she was reached at her address, yet it asked the broker again", _ERROR_STATUS)
+    in_front.error_rate = 0.0
+    call = run.call(client, link.url, "alice", "/no-such-page", cache)
+    if call.value is not None:
+        raise Fail(f"alice answered 404 (no such page), yet it returned {show(call.value)}; expected None",
+                   _ERROR_STATUS)
+    call = run.call(client, link.url, "alice", "/hello", cache)
+    _expect(call, "alice", "after alice's errors ended")
+    if _lookups(call, broker):
+        raise Fail("after alice's error answers it asked the broker for her address again; her address worked "
+                   "all along, so it belongs in the cache still", _ERROR_STATUS)

@@ -9,6 +9,9 @@ answer still runs under the check's time limit (``run.call``).
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import shutil
+import tempfile
 import threading
 
 import requests
@@ -52,8 +55,11 @@ class _Shop:
 
     def __init__(self, run, *, stock: dict, decline_rate: float = 0.0, payment_latency_ms: float = 5, **buyer_link):
         self.run = run
-        self.db = Database()
-        run.on_close(self.db.close)  # registered first, so closed last
+        # A SQLite file of its own, whatever LABKIT_DATABASE_URL names: the check never touches the student's store.
+        folder = tempfile.mkdtemp(prefix="labkit-check-")
+        run.on_close(shutil.rmtree, folder, True)  # registered first, so removed last
+        self.db = Database("sqlite:///" + os.path.join(folder, "store.sqlite3"))
+        run.on_close(self.db.close)
         self.engine = self.db.engine
         store.setup(self.engine, ())
         for sku, left in stock.items():
