@@ -532,13 +532,15 @@ def _lanes(exchanges, orphans, nodes=()) -> list[str]:
     return list(names)
 
 
-def _states(lanes) -> dict[str, str]:
-    """Each lane that names a server of this kernel that is not running now ("stopped"), or a
-    spawned service that is not running ("killed", "paused")."""
+def _states(lanes, services) -> dict[str, str]:
+    """Each lane called as a service on the diagram (in ``services``) that names a server of this
+    kernel not running now ("stopped"), or a spawned service not running ("killed", "paused").
+    A lane only ever seen calling is a client's, whatever a server of that name once did."""
     running = {server.name for server in _server.running()}
-    states = {name: "stopped" for name in lanes if tracing.was_served(name) and name not in running}
+    states = {name: "stopped" for name in lanes
+              if name in services and tracing.was_served(name) and name not in running}
     states.update({child.name: child.state for child in processes.spawned()
-                   if child.name in lanes and child.state != "running"})
+                   if child.name in lanes and child.name in services and child.state != "running"})
     return states
 
 
@@ -595,7 +597,7 @@ def sequence(trace, *, nodes=None, title: str | None = None, max_events: int | N
                  or (transactions == "writes" and not x.read_only)]
     lanes = _lanes(exchanges, orphans, nodes)
     lane = {name: i for i, name in enumerate(lanes)}
-    states = _states(lanes)
+    states = _states(lanes, {x.service for x in exchanges} | {e.dst for e in orphans})
 
     times = [e.t for e in events] or [0.0]
     n_messages = sum(2 if isinstance(x, _Transaction) else (x.start is not None) + (x.reply is not None

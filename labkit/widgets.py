@@ -421,6 +421,7 @@ class LiveSequence(anywidget.AnyWidget):
         self._joiner = plots._Joiner(keep_orphans=False)
         self._mark, self._generation = 0, self.trace.generation
         self._lanes: dict[str, int] = {name: i for i, name in enumerate(self._nodes)}
+        self._services: set[str] = set()  # lanes called as a service: only those can be "stopped"
         self._latest = 0.0
 
     @property
@@ -450,6 +451,7 @@ class LiveSequence(anywidget.AnyWidget):
                     changed[exchange.id] = exchange
                     for name in (exchange.caller, exchange.service):
                         self._lanes.setdefault(name, len(self._lanes))
+                    self._services.add(exchange.service)
                 else:  # a transaction that turned out to read only
                     changed.pop(exchange.id, None)
                     hidden.append(exchange.id)
@@ -457,7 +459,7 @@ class LiveSequence(anywidget.AnyWidget):
             for gone in dropped:
                 self._joiner.forget(gone)
                 changed.pop(gone, None)
-            states = plots._states(list(self._lanes))
+            states = plots._states(list(self._lanes), self._services)
             if changed or dropped or hidden or states != self._states:
                 self._push("update", list(changed.values()), dropped + hidden)
             return len(changed)
@@ -469,7 +471,7 @@ class LiveSequence(anywidget.AnyWidget):
 
     def _push(self, kind: str, exchanges, dropped=()) -> None:
         lanes = list(self._lanes)
-        self._states = plots._states(lanes)
+        self._states = plots._states(lanes, self._services)
         self.send({"type": kind, "lanes": lanes, "states": self._states, "now": self._latest,
                    "exchanges": [plots.layout(x, self._lanes) for x in exchanges], "drop": list(dropped)})
 

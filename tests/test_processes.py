@@ -245,10 +245,10 @@ def test_a_killed_or_paused_service_says_so_on_its_lane(log, alice):
 
     with labkit.spawn("hello", name="lane", trace=log) as lane:
         alice.get(lane.url + "/hello")
-        assert plots._states(["alice", "lane"]) == {}
+        assert plots._states(["alice", "lane"], {"lane"}) == {}
         lane.pause()
-        assert plots._states(["alice", "lane"]) == {"lane": "paused"}
+        assert plots._states(["alice", "lane"], {"lane"}) == {"lane": "paused"}
         lane.kill()
-        assert plots._states(["alice", "lane"]) == {"lane": "killed"}
+        assert plots._states(["alice", "lane"], {"lane"}) == {"lane": "killed"}
         figure = plots.sequence(log)
         assert "lane\n(killed)" in [tick.get_text() for tick in figure.axes[0].get_xticklabels()]
