@@ -28,6 +28,7 @@ _LAZY = {
     "apps": ("labkit.apps", None),
     "etcd": ("labkit.etcd", None),
     "plots": ("labkit.plots", None),
+    "postgres": ("labkit.postgres", None),
     "widgets": ("labkit.widgets", None),
     "sequence": ("labkit.plots", "sequence"),
     "control_panel": ("labkit.widgets", "control_panel"),

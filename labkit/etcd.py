@@ -24,15 +24,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 
 import requests
 
 from .errors import LabkitError
+from .processes import dies_with_kernel, free_port
 
 
 class EtcdError(LabkitError, RuntimeError):
@@ -58,12 +57,6 @@ def version(program: str) -> tuple[int, int]:
     raise EtcdError(f"{program} --version did not say its version:\n{said}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """``members`` etcd processes forming one cluster on 127.0.0.1: ``endpoints``, ``kill(i)``, ``restart(i)``."""
 
@@ -74,7 +67,7 @@ class Cluster:
         self._version = version(self._etcd)
         self.folder = tempfile.mkdtemp(prefix="labkit-etcd-")
         self.names = [f"etcd-{i}" for i in range(members)]
-        self._ports = [(_free_port(), _free_port()) for _ in range(members)]  # (client, peer)
+        self._ports = [(free_port(), free_port()) for _ in range(members)]  # (client, peer)
         self._processes: list[subprocess.Popen | None] = [None] * members
         self._token = os.path.basename(self.folder)
         try:
@@ -108,8 +101,7 @@ class Cluster:
         ]
         if self._version >= (3, 4):  # etcd 3.3 (Ubuntu 22.04's) logs with its older logger
             command += ["--logger", "zap", "--log-outputs", "stderr"]
-        if threading.current_thread() is threading.main_thread() and shutil.which("setpriv"):
-            command = ["setpriv", "--pdeathsig", "KILL", *command]  # a member dies with its kernel, even by SIGKILL
+        command = dies_with_kernel(command)
         log = open(os.path.join(self.folder, f"{self.names[i]}.log"), "ab")
         with log:
             self._processes[i] = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

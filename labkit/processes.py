@@ -262,6 +262,30 @@ def spawn(service: str, name: str | None = None, *, trace: tracing.Trace | None 
         raise
 
 
+# -- other programs: etcd, PostgreSQL ------------------------------------------------------------
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` nothing listens on now, for a program that cannot be told port 0."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def dies_with_kernel(command: list[str]) -> list[str]:
+    """``command`` wrapped so that the program gets SIGKILL when this process dies, even by SIGKILL.
+
+    It needs setpriv (util-linux) and the main thread: the kernel sends the signal when the
+    thread that started the program exits. Elsewhere ``command`` comes back unchanged.
+    """
+    import shutil
+
+    if threading.current_thread() is threading.main_thread() and shutil.which("setpriv"):
+        return ["setpriv", "--pdeathsig", "KILL", *command]
+    return command
+
+
 # -- machines: network namespaces joined by virtual cables ------------------------------------
 
 _machines: dict[str, int] = {}   # machine name -> its number, which gives its addresses and cable names

@@ -234,6 +234,10 @@ PANELS: dict[str, Panel] = {
     "03_broker": Panel("Placing jobs on stale load reports", "report every", 5, "longest_queue", "up"),
     # 04
     "04_microservices": Panel("Checkouts per second", "payment latency ms", 5, "checkouts/s", "down"),
+    # 05
+    # 06
+    # 07
+    # 08
 }
 
 

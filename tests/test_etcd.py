@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+import orphans
 from labkit import etcd
 
-ROOT = Path(__file__).resolve().parents[1]
 
 if shutil.which("etcd") is None:
     if os.environ.get("CI"):
@@ -26,15 +22,7 @@ if shutil.which("etcd") is None:
 
 def _members(folder: str) -> set[int]:
     """The pids of the etcd processes whose data lives under ``folder`` (one cluster's members)."""
-    found = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if argv and os.path.basename(argv[0]) == "etcd" and any(arg.startswith(folder + os.sep) for arg in argv):
-            found.add(int(cmdline.parent.name))
-    return found
+    return orphans.pids("etcd", folder)
 
 
 @pytest.fixture(scope="module")
@@ -140,20 +128,6 @@ KERNEL = textwrap.dedent("""
 
 
 def test_a_kernel_killed_with_sigkill_leaves_no_member():
-    kernel = subprocess.Popen([sys.executable, "-c", KERNEL], stdout=subprocess.PIPE, cwd=ROOT, text=True)
-    folder = ""
-    try:
-        folder = kernel.stdout.readline().strip()
-        assert len(_members(folder)) == 3
-        kernel.send_signal(signal.SIGKILL)
-        kernel.wait(10)
-        deadline = time.monotonic() + 10
-        while _members(folder) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _members(folder), "etcd members outlived their kernel"
-    finally:
-        kernel.kill()
-        kernel.wait()
-        kernel.stdout.close()
-        if folder:  # a killed kernel cannot remove its cluster's folder: the test does
-            shutil.rmtree(folder, ignore_errors=True)
+    before, after = orphans.left_by_killed_kernel(KERNEL, "etcd")
+    assert len(before) == 3
+    assert not after, "etcd members outlived their kernel"

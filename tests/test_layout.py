@@ -1,7 +1,7 @@
 """The house rules of labkit's layout, read from the code: which room may import which.
 
 Every module of ``labkit/`` belongs to a room. The core (server, net, tracing, client, db,
-errors, processes, etcd) runs headless: it imports no pictures, widgets, services or grading. Services and
+errors, processes, etcd, postgres) runs headless: it imports no pictures, widgets, services or grading. Services and
 grading never import widgets; grading draws through a hook, never by importing plots.
 Every import is read: at the top, inside functions, and the strings handed to
 ``importlib.import_module`` or ``__import__``.
@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "labkit"
 ROOMS = {
     "face": ["labkit", "labkit.__main__"],
     "core": ["labkit.server", "labkit.net", "labkit.tracing", "labkit.client", "labkit.db", "labkit.errors",
-             "labkit.processes", "labkit.etcd"],
+             "labkit.processes", "labkit.etcd", "labkit.postgres"],
     "plots": ["labkit.plots"],
     "widgets": ["labkit.widgets"],
     "apps": ["labkit.apps."],
