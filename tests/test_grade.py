@@ -337,7 +337,9 @@ def fairness_submission():
 # -- the one grading run --------------------------------------------------------------------------
 
 
-def _leftovers(token: str = "LABKIT_GRADE_RUN=") -> list[int]:
+def _leftovers() -> list[int]:
+    """This process's graded runs still alive (other workers may be grading beside it)."""
+    token = f"LABKIT_GRADE_RUN={os.getpid()}-"
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -363,7 +365,7 @@ def _processes_running(marker: str) -> list[int]:
 
 
 def _grade_dirs() -> set:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("labkit-grade-*")}
+    return {p.name for p in Path(tempfile.gettempdir()).glob(f"labkit-grade-{os.getpid()}-*")}
 
 
 def _free_port() -> int:

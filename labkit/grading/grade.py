@@ -306,7 +306,7 @@ def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_li
     nbformat.write(nb, notebook)
     probe_path, record = grader / "cells.jsonl", exam / "verdicts.jsonl"
     record.touch(mode=0o600)
-    token = uuid.uuid4().hex
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"  # whose runs these are: graders side by side tell theirs apart
     address = f"@labkit-examiner-{token}" if sys.platform.startswith("linux") else str(exam / "examiner.sock")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LABKIT_", "JPY_"))}
     env.update(HOME=str(work), TMPDIR=str(work), TMP=str(work), TEMP=str(work),
@@ -485,7 +485,7 @@ def _run_until_judged(solution: Solution, answers: dict[str, str], options: Opti
         remaining = deadline - time.monotonic()
         if not live or remaining <= 1:
             break
-        folder = Path(tempfile.mkdtemp(prefix="labkit-grade-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"labkit-grade-{os.getpid()}-"))
         try:
             nb, roles = merge(solution, live)
             result = run_notebook(nb, folder, points=solution.max_points, cell_timeout=options.cell_timeout,
