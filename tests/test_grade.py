@@ -15,11 +15,13 @@ notebook, and tests/test_check.py checks every notebook's wrong answers with
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import csv
 import inspect
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -337,9 +339,9 @@ def fairness_submission():
 # -- the one grading run --------------------------------------------------------------------------
 
 
-def _leftovers() -> list[int]:
-    """This process's graded runs still alive (other workers may be grading beside it)."""
-    token = f"LABKIT_GRADE_RUN={os.getpid()}-"
+def _leftovers(grader: int | None = None) -> list[int]:
+    """The processes of the runs of ``grader`` (default: this process) still alive; other workers may grade beside."""
+    token = f"LABKIT_GRADE_RUN={os.getpid() if grader is None else grader}-"
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -609,6 +611,32 @@ def test_nothing_is_left_behind(graded):
     extra = [t.name for t in set(threading.enumerate()) - graded["threads_before"]
              if t.is_alive() and t.name != "labkit-check-reader"]  # this process's examiner stays, for reuse
     assert extra == []
+
+
+def test_a_grader_killed_with_sigkill_takes_its_run_and_examiner_along(tmp_path):
+    submission = write(tmp_path, "loops.ipynb", with_answers(NB00, {"q0.1": SWALLOWS_INTERRUPTS}))
+    grader = subprocess.Popen([sys.executable, "-m", "labkit", "grade", str(submission), "--out",
+                               str(tmp_path / "results")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_leftovers(grader.pid)) < 3 and time.monotonic() < deadline:  # pytest, its kernel, the examiner
+            time.sleep(0.2)
+        assert len(_leftovers(grader.pid)) >= 3, "the run did not start"
+        grader.kill()
+        grader.wait(10)
+        deadline = time.monotonic() + 20
+        while _leftovers(grader.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _leftovers(grader.pid) == [], "a process of the killed grader's run is still alive"
+    finally:
+        grader.kill()
+        grader.wait()
+        for pid in _leftovers(grader.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        for folder in Path(tempfile.gettempdir()).glob(f"labkit-grade-{grader.pid}-*"):  # a killed grader's
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.skipif(not sandbox.available()[0], reason=f"runs are not isolated here: {sandbox.available()[1]}")

@@ -14,7 +14,8 @@ what came back and what the examiner's own servers saw, and sent to the kernel t
                                                              belongs to the network namespace); each
                                                              verdict is also written to FILE, a JSON line
 
-It exits when its connection closes (``--fd``) or when it is killed (``--listen``).
+It exits when its connection closes (``--fd``), or when it is killed or the grader is gone
+(``--listen``: the grader's pipe on its stdin closes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tempfile
 import threading
 import time
 
-from . import wire
+from . import sandbox, wire
 from .authoring import _Stopped
 
 log = logging.getLogger("labkit")
@@ -362,6 +363,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _serve_socket(socket.socket(fileno=args.fd), **options)
         return 0
+    sandbox.end_with_grader()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(unix_address(args.listen))
     if not args.listen.startswith("@"):

@@ -344,11 +344,18 @@ def run_notebook(nb, folder: Path, *, points: dict, cell_timeout: float, time_li
             env["MPLCONFIGDIR"] = str(mpl)
         started = time.monotonic()
         killed = False
+        # The run's stdin is a pipe this process holds open while the run lasts: if the grader
+        # dies, even by SIGKILL, the run and its examiner read end of file and exit.
+        alive, holding = os.pipe()
+        stack.callback(os.close, holding)
         with open(grader / "pytest.log", "wb") as log:
-            if lease is None:  # no isolation: the examiner is simply a process of the grader's
-                stack.enter_context(_examiner(examiner, env, log))
-            process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                if lease is None:  # no isolation: the examiner is simply a process of the grader's
+                    stack.enter_context(_examiner(examiner, env, log, stdin=alive))
+                process = subprocess.Popen(command, cwd=work, env=env, stdin=alive, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+            finally:
+                os.close(alive)
             with _active_lock:
                 _active[token] = process
             try:
@@ -390,9 +397,9 @@ def _hideable(paths) -> list[str]:
 
 
 @contextlib.contextmanager
-def _examiner(command: list[str], env: dict, log):
+def _examiner(command: list[str], env: dict, log, stdin: int):
     """The examiner of a run that is not isolated: started, ready, and stopped at the end."""
-    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+    process = subprocess.Popen(command, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=log,
                                start_new_session=True)
     try:
         ready = process.stdout.readline()

@@ -21,8 +21,13 @@ from queue import Empty
 
 import pytest
 
+from . import sandbox
+
 #: How much of a cell's stdout is kept (its end): verdict lines are short, prints may not be.
 KEEP_CHARS = 4000
+
+
+sandbox.end_with_grader()  # at import, before pytest captures stdin: a grader killed mid-run takes its run along
 
 
 class KernelDied(RuntimeError):
