@@ -134,25 +134,101 @@ def test_passwords_are_stored_as_salted_argon2id_hashes(lab):
     app = _auth_app()
     auth = lab.serve(app)
     client = lab.client(timeout=10)
+    admin = _bearer(_token(client, auth.url, "carol", audience="auth"))
     for name in ("dora", "eve"):
-        answer = client.post(auth.url + "/users", json={"username": name, "password": "same password"})
+        answer = client.post(auth.url + "/users", json={"username": name, "password": "the same password"},
+                             headers=admin)
         assert answer.status_code == 201 and answer.json() == {"username": name, "roles": ["reader"]}
     users = app.extensions["labkit"].users
     dora, eve = users.stored("dora"), users.stored("eve")
     assert dora.startswith("$argon2id$") and eve.startswith("$argon2id$")
     assert dora != eve and "same password" not in dora
     assert _claims(_token(client, auth.url, "alice"))["sub"] == "alice"
-    assert client.post(auth.url + "/login", json={"username": "dora", "password": "same password"}).status_code == 200
+    assert client.post(auth.url + "/login", json={"username": "dora", "password": "the same password"}).status_code == 200
 
 
-def test_a_taken_name_is_409_and_changes_nothing(lab):
+def test_a_taken_name_is_409_to_an_administrator_and_changes_nothing(lab):
     app = _auth_app()
     auth = lab.serve(app)
     client = lab.client(timeout=10)
-    answer = client.post(auth.url + "/users", json={"username": "alice", "password": "a new password"})
+    admin = _bearer(_token(client, auth.url, "carol", audience="auth"))
+    answer = client.post(auth.url + "/users", json={"username": "alice", "password": "a brand new password"},
+                         headers=admin)
     assert answer.status_code == 409 and "alice" in answer.json()["error"]
     assert len(app.extensions["labkit"].users) == 3
     assert _login(client, auth.url, "alice").status_code == 200
+
+
+def test_only_an_administrator_creates_users_and_nobody_else_learns_which_names_exist(lab):
+    app = _auth_app()
+    auth = lab.serve(app)
+    other = lab.serve(_auth_app(), name="impostor")
+    client = lab.client(timeout=10)
+    bob = _bearer(_token(client, auth.url, "bob", audience="auth"))
+    carol_for_notes = _bearer(_token(client, auth.url, "carol"))
+    carol_elsewhere = _bearer(_token(client, other.url, "carol", audience="auth"))
+    for headers, status in (({}, 401), (carol_for_notes, 401), (carol_elsewhere, 401), (bob, 403)):
+        answers = [client.post(auth.url + "/users", json={"username": name, "password": "a long password"},
+                               headers=headers) for name in ("alice", "nobody_yet")]
+        assert [a.status_code for a in answers] == [status, status], (headers, [a.text for a in answers])
+        assert answers[0].json() == answers[1].json()  # a taken name and a free one: the same answer
+        assert answers[0].headers["WWW-Authenticate"].startswith("Bearer")
+    assert len(app.extensions["labkit"].users) == 3
+    admin = _bearer(_token(client, auth.url, "carol", audience="auth"))
+    assert client.post(auth.url + "/users", json={"username": "nobody_yet", "password": "a long password"},
+                       headers=admin).status_code == 201
+
+
+def test_an_administrator_token_whose_roles_is_not_a_list_of_strings_is_401(lab):
+    app = _auth_app()
+    auth = lab.serve(app)
+    client = lab.client(timeout=10)
+    state = app.extensions["labkit"]
+    good = _claims(_token(client, auth.url, "carol", audience="auth"))
+    for roles in ("admin", {"admin": True}, ["admin", 7], None):
+        token = state.signer.sign({**good, "roles": roles})
+        answer = client.post(auth.url + "/users", json={"username": "zara", "password": "a long password"},
+                             headers=_bearer(token))
+        assert answer.status_code == 401, (roles, answer.text)
+        assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+    assert len(state.users) == 3
+
+
+def test_a_new_password_needs_15_characters(lab):
+    app = _auth_app()
+    auth = lab.serve(app)
+    client = lab.client(timeout=10)
+    admin = _bearer(_token(client, auth.url, "carol", audience="auth"))
+    short = client.post(auth.url + "/users", json={"username": "zara", "password": "fourteen chars"}, headers=admin)
+    assert short.status_code == 400 and "15 to 256" in short.json()["error"]
+    assert client.post(auth.url + "/users", json={"username": "zara", "password": "fifteen chars!!"},
+                       headers=admin).status_code == 201
+
+
+def test_parallel_guesses_cannot_pass_the_lockout_at_the_real_hash_cost(lab):
+    """40 guesses at once, the default (slow) Argon2 cost: at most max_failures passwords are checked."""
+    app = create("auth", users={"alice": USERS["alice"]}, max_failures=3, lockout_s=60)  # the real cost
+    auth = lab.serve(app)
+    users = app.extensions["labkit"].users
+    before = users.verifications
+    clients = [lab.client(f"guesser{n}", timeout=60) for n in range(40)]
+    start = threading.Barrier(len(clients))
+    statuses = []
+
+    def guess(client, n):
+        start.wait()
+        statuses.append(_login(client, auth.url, "alice", password=f"guess {n}").status_code)
+
+    threads = [threading.Thread(target=guess, args=(c, n)) for n, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(statuses) == 40
+    checked = users.verifications - before
+    assert checked <= 3, f"{checked} passwords were checked for one locked user"
+    assert statuses.count(401) == checked and statuses.count(429) == 40 - checked
+    assert _login(clients[0], auth.url, "alice").status_code == 429  # locked: even the right password waits
 
 
 def test_the_default_hash_cost_is_the_secure_one():
@@ -211,11 +287,28 @@ def test_hs256_has_no_public_key(lab):
 
 def test_rs256_works_end_to_end(lab):
     auth = lab.serve(_auth_app(algorithm="RS256"))
-    notes = lab.serve(create("notes", auth_url=auth.url, trace=lab.trace))
+    notes = lab.serve(create("notes", auth_url=auth.url, algorithm="RS256", trace=lab.trace))
     client = lab.client(timeout=10)
     token = _token(client, auth.url, "alice")
     assert jwt.get_unverified_header(token)["alg"] == "RS256"
     assert client.get(notes.url + "/notes", headers=_bearer(token)).status_code == 200
+    # A notes service left at its default accepts EdDSA only: the key set does not choose for it.
+    default = lab.serve(create("notes", name="notes-default", auth_url=auth.url, trace=lab.trace))
+    answer = client.get(default.url + "/notes", headers=_bearer(token))
+    assert answer.status_code == 401 and "alg" in answer.json()["error"]
+
+
+def test_a_notes_service_accepts_its_configured_algorithm_whatever_the_key_set_lists(lab):
+    """Whoever answers for the key set (a swapped set, say) does not choose the algorithm."""
+    rogue_signer = Signer("RS256", issuer="labkit-auth")  # a key set that lists RS256 for its key
+    rogue = lab.serve(_auth_app(signer=rogue_signer), name="rogue")
+    token = rogue_signer.sign({"sub": "mallory", "roles": ["reader"], "aud": "notes", "iss": "labkit-auth",
+                               "iat": int(time.time()), "exp": int(time.time()) + 60})
+    client = lab.client(timeout=10)
+    pinned = lab.serve(create("notes", name="pinned", auth_url=rogue.url, trace=lab.trace))
+    open_ = lab.serve(create("notes", name="open", auth_url=rogue.url, algorithm=None, trace=lab.trace))
+    assert client.get(pinned.url + "/whoami", headers=_bearer(token)).status_code == 401
+    assert client.get(open_.url + "/whoami", headers=_bearer(token)).status_code == 200
 
 
 # -- the notes service -----------------------------------------------------------------------
@@ -275,6 +368,7 @@ def _attacks(client, auth_app, auth_url, other_url):
         "wrong audience": _token(client, auth_url, "carol", audience="billing"),
         "no sub": signer.sign(no_sub),
         "roles not a list": signer.sign({**_claims(token), "roles": "admin"}),
+        "roles a list of lists": signer.sign({**_claims(token), "roles": [["admin"]]}),
         "signature cut": header + "." + payload + ".",
     }
 
@@ -286,6 +380,57 @@ def test_every_forged_or_unusable_token_is_401(pair, lab):
         answer = client.delete(notes.url + "/notes/1", headers=_bearer(token))
         assert answer.status_code == 401, (name, answer.text)
         assert 'error="invalid_token"' in answer.headers["WWW-Authenticate"], name
+
+
+def test_a_writer_deletes_only_its_own_notes_unless_the_owner_check_is_missing(lab):
+    auth = lab.serve(_auth_app())
+    client = lab.client(timeout=10)
+    alice, carol = _token(client, auth.url, "alice"), _token(client, auth.url, "carol")
+    for owner_check, status in ((True, 403), (False, 200)):
+        notes = lab.serve(create("notes", name=f"notes-{owner_check}", auth_url=auth.url, trace=lab.trace,
+                                 owner_check=owner_check))
+        carols = client.post(notes.url + "/notes", json={"text": "carol's"}, headers=_bearer(carol)).json()["id"]
+        alices = client.post(notes.url + "/notes", json={"text": "alice's"}, headers=_bearer(alice)).json()["id"]
+        answer = client.delete(notes.url + f"/notes/{carols}", headers=_bearer(alice))
+        assert answer.status_code == status, (owner_check, answer.text)
+        if status == 403:
+            assert 'error="insufficient_scope"' in answer.headers["WWW-Authenticate"]
+        assert client.delete(notes.url + f"/notes/{alices}", headers=_bearer(alice)).status_code == 200
+    notes = lab.serve(create("notes", name="notes-admin", auth_url=auth.url, trace=lab.trace))
+    alices = client.post(notes.url + "/notes", json={"text": "alice's"}, headers=_bearer(alice)).json()["id"]
+    assert client.delete(notes.url + f"/notes/{alices}", headers=_bearer(carol)).status_code == 200  # an admin may
+
+
+def test_a_rotated_key_is_published_beside_the_new_one_until_dropped(lab):
+    app = _auth_app()
+    auth = lab.serve(app)
+    notes = lab.serve(create("notes", auth_url=auth.url, trace=lab.trace, refetch_s=0))
+    client = lab.client(timeout=10)
+    signer = app.extensions["labkit"].signer
+    old = _token(client, auth.url, "alice")
+    assert client.get(notes.url + "/whoami", headers=_bearer(old)).status_code == 200
+    signer.rotate(keep=1)
+    new = _token(client, auth.url, "bob")
+    assert jwt.get_unverified_header(new)["kid"] != jwt.get_unverified_header(old)["kid"]
+    assert [k["kid"] for k in client.get(auth.url + JWKS).json()["keys"]] == [
+        jwt.get_unverified_header(new)["kid"], jwt.get_unverified_header(old)["kid"]]
+    assert client.get(notes.url + "/whoami", headers=_bearer(new)).json()["sub"] == "bob"  # refetched by kid
+    assert client.get(notes.url + "/whoami", headers=_bearer(old)).json()["sub"] == "alice"
+    signer.rotate(keep=0)
+    assert len(client.get(auth.url + JWKS).json()["keys"]) == 1
+    with pytest.raises(Invalid):
+        Signer("HS256", issuer="x").rotate()
+
+
+def test_replicas_that_share_one_signer_issue_tokens_every_verifier_accepts(lab):
+    signer = Signer("EdDSA", issuer="labkit-auth")
+    one, two = (lab.serve(_auth_app(signer=signer), name=f"auth-{n}") for n in (1, 2))
+    notes = lab.serve(create("notes", auth_url=one.url, trace=lab.trace))
+    client = lab.client(timeout=10)
+    for replica in (one, two):
+        assert client.get(notes.url + "/whoami", headers=_bearer(_token(client, replica.url, "bob"))).status_code == 200
+    alone = lab.serve(_auth_app(), name="auth-alone")  # a replica with a key of its own
+    assert client.get(notes.url + "/whoami", headers=_bearer(_token(client, alone.url, "bob"))).status_code == 401
 
 
 def test_an_expired_token_is_401_and_leeway_is_an_option(lab):
@@ -324,6 +469,15 @@ def test_without_the_sign_in_services_keys_the_notes_service_answers_503(lab, si
     token = Signer("EdDSA", issuer="labkit-auth").sign({"sub": "alice", "exp": int(time.time()) + 60})
     answer = lab.client(timeout=10).get(notes.url + "/notes", headers=_bearer(token))
     assert answer.status_code == 503 and "public key" in answer.json()["error"]
+
+
+def test_a_notes_service_with_a_secret_accepts_hs256(lab):
+    signer = Signer("HS256", issuer="labkit-auth")
+    token = signer.sign({"sub": "bob", "roles": ["reader"], "aud": "notes", "iss": "labkit-auth",
+                         "iat": int(time.time()), "exp": int(time.time()) + 60})
+    for n, options in enumerate(({}, {"algorithm": None}, {"algorithm": "HS256"})):
+        notes = lab.serve(create("notes", secret=signer.secret, **options), name=f"notes-{n}")
+        assert lab.client(timeout=10).get(notes.url + "/whoami", headers=_bearer(token)).json()["sub"] == "bob"
 
 
 def test_a_notes_service_takes_an_auth_url_or_a_secret_not_both():
@@ -477,11 +631,11 @@ def test_with_no_signer_and_nothing_cached_the_keys_are_unavailable(lab, signer)
     token = Signer("EdDSA", issuer="labkit-auth").sign({"sub": "alice", "exp": int(time.time()) + 60})
     with pytest.raises(KeysUnavailable, match="cannot fetch the key set at " + url):
         keys.find("any")
-    with pytest.raises(KeysUnavailable):
-        tokens.verify(token, keys)  # not "invalid": nobody could tell
-    assert keys.fetches == 0
+    with pytest.raises(KeysUnavailable, match="the last try failed"):
+        tokens.verify(token, keys)  # not "invalid": nobody could tell (and no second fetch so soon)
+    assert keys.fetches == 0 and keys.failures == 1
     if signer == "gone":
-        assert [e.error for e in lab.trace.filter(kind="error", node="verifier")] == ["refused", "refused"]
+        assert [e.error for e in lab.trace.filter(kind="error", node="verifier")] == ["refused"]
 
 
 def test_keys_fetched_before_still_verify_while_the_signer_is_away(lab):
@@ -493,11 +647,64 @@ def test_keys_fetched_before_still_verify_while_the_signer_is_away(lab):
     assert tokens.verify(token, keys, audience="notes")["sub"] == "alice"  # a known id needs no fetch
     with pytest.raises(KeysUnavailable):
         keys.find("new-key")  # an unknown id needs one, and it fails
+    clock.advance(keys.retry_s)
     with pytest.raises(KeysUnavailable):
-        keys.find("new-key")  # a failed fetch does not count: the next need tries again
+        keys.find("new-key")  # retry_s after a failure, the next need tries again
     assert len(lab.trace.filter(kind="error", node="verifier-of-auth", path=JWKS)) == 2
-    assert keys.fetches == 1
+    assert keys.fetches == 1 and keys.failures == 2
     assert tokens.verify(token, keys, audience="notes")["sub"] == "alice"
+
+
+def test_while_the_signer_is_down_made_up_key_ids_fetch_at_most_once_per_retry_s(lab):
+    """The refetch limit holds when fetches fail too: a flood of made-up ids while the signer is down
+    (or answers 5xx) costs it one fetch per retry_s, not one per request; once it is back, it is used."""
+    app = _auth_app()
+    server = lab.serve(app, name="auth")
+    link = lab.link(server)
+    clock = ManualClock()
+    keys = KeySet(link.url + JWKS, lab.client("verifier", timeout=2), refetch_s=30, clock=clock)
+    assert keys.retry_s == 1.0 and KeySet("u", None, refetch_s=0.5).retry_s == 0.5
+    state = app.extensions["labkit"]
+    token = state.issue("alice", ["reader"], "notes")
+    assert tokens.verify(token, keys, audience="notes")["sub"] == "alice" and keys.fetches == 1
+    clock.advance(30)
+    link.down = True
+    attempts = lambda: len(lab.trace.filter(kind="send", node="verifier", path=JWKS))  # noqa: E731
+    for n in range(20):
+        with pytest.raises(KeysUnavailable):
+            keys.find(f"made-up-{n}")
+    assert attempts() == 2 and keys.failures == 1  # the first fetch, and one failed try for twenty ids
+    assert tokens.verify(token, keys, audience="notes")["sub"] == "alice"  # a known id needs no fetch
+    clock.advance(0.9)
+    with pytest.raises(KeysUnavailable, match="the last try failed"):
+        keys.find("made-up")
+    assert attempts() == 2
+    clock.advance(0.1)
+    with pytest.raises(KeysUnavailable):
+        keys.find("made-up")
+    assert attempts() == 3 and keys.failures == 2
+    link.down = False
+    state.signer.rotate(keep=1)
+    clock.advance(1)
+    new = state.issue("bob", ["reader"], "notes")
+    assert tokens.verify(new, keys, audience="notes")["sub"] == "bob"  # back: fetched, and refetch_s holds again
+    assert keys.fetches == 2 and attempts() == 4
+    clock.advance(1)
+    assert keys.find("made-up") is None and attempts() == 4
+
+
+def test_while_the_signer_answers_500_made_up_key_ids_fetch_at_most_once_per_retry_s(lab):
+    url = lab.serve(_nonsense_app()).url + "/broken"
+    clock = ManualClock()
+    keys = KeySet(url + JWKS, lab.client("verifier", timeout=2), refetch_s=30, retry_s=5, clock=clock)
+    for n in range(10):
+        with pytest.raises(KeysUnavailable):
+            keys.find(f"made-up-{n}")
+    assert keys.failures == 1 and len(lab.trace.filter(kind="send", node="verifier", path="/broken" + JWKS)) == 1
+    clock.advance(5)
+    with pytest.raises(KeysUnavailable):
+        keys.find("made-up")
+    assert keys.failures == 2
 
 
 @pytest.mark.parametrize("algorithm", ["EdDSA", "RS256"])

@@ -3,19 +3,26 @@
     GET    /whoami        any valid token -> {"sub", "roles"}
     GET    /notes         role "reader"   -> {"notes": [{"id", "text", "author"}]}
     POST   /notes         role "writer"   {"text"} -> 201 {"id"}
-    DELETE /notes/<id>    role "admin"    -> {"deleted": id}; 404 if there is no such note
+    DELETE /notes/<id>    role "writer", and the note's author or role "admin" -> {"deleted": id};
+                          403 for another writer's note; 404 if there is no such note
 
 Every request needs ``Authorization: Bearer <token>``. The service verifies the token
 itself, with the sign-in service's public keys (its JSON Web Key Set, fetched on first
 need from ``auth_url`` + "/.well-known/jwks.json", and again when a token names a key
 it has not seen) or with a shared secret (HS256): it never asks the sign-in service
-about a request.
+about a request. It accepts one algorithm, fixed by its configuration (EdDSA by default,
+HS256 with a secret): neither the token's ``alg`` header nor the fetched key set chooses it.
 
     401 + WWW-Authenticate: Bearer ...   no token, not a Bearer token, or a token that does not
                                          verify (signature, algorithm, audience, issuer, expiry)
     403 + WWW-Authenticate: Bearer error="insufficient_scope"
                                          a valid token whose roles lack the one needed
     503                                  the sign-in service's keys cannot be fetched
+
+A role says what *kind* of thing a caller may do; only the object says *which* ones:
+``DELETE /notes/<id>`` also checks that the note is the caller's own. Built with
+``owner_check=False`` the service leaves that out (broken object-level authorization,
+OWASP API Security risk 1, shown in notebook 06): any writer deletes anyone's note.
 
 ``python -m labkit serve notes`` reads the sign-in service's address from the
 LABKIT_AUTH_URL environment variable (default http://127.0.0.1:5001).
@@ -46,11 +53,13 @@ def _quoted(text: str) -> str:
 class Notes:
     """The notes, and how this service checks tokens: its keys, algorithm, audience, issuer and leeway."""
 
-    def __init__(self, name: str, keys, *, algorithm, audience: str, issuer: str, leeway_s: float, client=None):
+    def __init__(self, name: str, keys, *, algorithm, audience: str, issuer: str, leeway_s: float, client=None,
+                 owner_check: bool = True):
         self.name, self.keys, self.algorithm = name, keys, algorithm
         self.audience, self.issuer = audience, issuer
         self.leeway_s = kit.number(leeway_s, "leeway_s", 0, 3600, unit="seconds")
         self.client = client
+        self.owner_check = owner_check
         self.notes: dict[int, dict] = {}
         self.next_id = 1
         self.lock = threading.Lock()
@@ -73,8 +82,9 @@ class Notes:
             abort(503, "cannot get the sign-in service's public keys; try again later")
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             self.refuse(401, f"invalid token: {exc}", "invalid_token")
-        if not isinstance(claims.get("roles"), list):
-            self.refuse(401, "invalid token: its roles claim is not a list", "invalid_token")
+        roles = claims.get("roles")
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            self.refuse(401, "invalid token: its roles claim is not a list of strings", "invalid_token")
         return claims
 
     def close(self) -> None:
@@ -134,25 +144,38 @@ def add_note():
 
 
 @routes.delete("/notes/<int:note_id>")
-@requires("admin")
+@requires("writer")
 def delete_note(note_id: int):
     state = kit.state()
+    me, roles = g.claims["sub"], g.claims["roles"]
     with state.lock:
-        if state.notes.pop(note_id, None) is None:
+        note = state.notes.get(note_id)
+        if note is None:
             abort(404, f"there is no note {note_id}; GET /notes lists them")
+        # The role said "may delete notes"; this says "this note": without it, any writer deletes any note.
+        if state.owner_check and note["author"] != me and "admin" not in roles:
+            state.refuse(403, f"{me!r} may not delete note {note_id}: its author is {note['author']!r}",
+                         "insufficient_scope")
+        del state.notes[note_id]
     return {"deleted": note_id}
 
 
 def create_app(*, name: str = "notes", auth_url: str | None = None, secret: str | None = None,
-               algorithm: str | None = None, audience: str = "notes", issuer: str = "labkit-auth",
-               leeway_s: float = 0, timeout_s: float = 5.0, trace=None):
+               algorithm: str | None = "default", audience: str = "notes", issuer: str = "labkit-auth",
+               leeway_s: float = 0, timeout_s: float = 5.0, trace=None, owner_check: bool = True,
+               refetch_s: float = 30.0, keys_clock=None):
     """A notes service called ``name`` that verifies tokens locally.
 
     Give it ``auth_url`` (it fetches the sign-in service's key set from there, as the
     client ``name``) or ``secret`` (HS256). ``algorithm`` is the one algorithm it
-    accepts (default: HS256 with a secret, else the one the key set names for each
-    key). ``audience`` and ``issuer`` must match the token's ``aud`` and ``iss``;
+    accepts (default: "EdDSA" with ``auth_url``, "HS256" with a secret; None with
+    ``auth_url``: whatever the key set names for each key, which lets whoever controls
+    the key set choose). ``audience`` and ``issuer`` must match the token's ``aud`` and ``iss``;
     ``leeway_s`` forgives that many seconds of clock difference on ``exp``.
+    ``owner_check=False`` builds the broken service that lets any writer delete any
+    note (for the lesson only). ``refetch_s``: the least time between two fetches of
+    the key set for an unknown key id, on ``keys_clock`` (default: time.monotonic; a
+    ManualClock for tests and lessons).
     """
     if secret is not None and auth_url is not None:
         raise Invalid("give a secret (HS256) or an auth_url, not both")
@@ -160,8 +183,11 @@ def create_app(*, name: str = "notes", auth_url: str | None = None, secret: str 
     if secret is None:
         auth_url = (auth_url or os.environ.get("LABKIT_AUTH_URL", "http://127.0.0.1:5001")).rstrip("/")
         client = Client(name, timeout=kit.positive(timeout_s, "timeout_s", 60), trace=trace)
-        keys = tokens.KeySet(auth_url + "/.well-known/jwks.json", client)
+        keys = tokens.KeySet(auth_url + "/.well-known/jwks.json", client, refetch_s=refetch_s,
+                             **({} if keys_clock is None else {"clock": keys_clock}))
+        algorithm = "EdDSA" if algorithm == "default" else algorithm
     else:
-        keys, algorithm = secret, algorithm or "HS256"
-    state = Notes(name, keys, algorithm=algorithm, audience=audience, issuer=issuer, leeway_s=leeway_s, client=client)
+        keys, algorithm = secret, "HS256" if algorithm in ("default", None) else algorithm
+    state = Notes(name, keys, algorithm=algorithm, audience=audience, issuer=issuer, leeway_s=leeway_s, client=client,
+                  owner_check=owner_check)
     return kit.make_app(name, state, routes)

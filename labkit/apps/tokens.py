@@ -11,7 +11,9 @@ A signer publishes its public keys as a JSON Web Key Set (RFC 7517), each with a
 id (``kid``) that every token it signs names in its header. A verifier fetches that set
 once and checks tokens locally. When a token names a key id it has not seen (the signer
 rotated its key), it fetches the set again, at most once every ``refetch_s`` seconds,
-so a flood of made-up ids cannot make it hammer the signer.
+so a flood of made-up ids cannot make it hammer the signer; after a fetch that failed
+it tries again at most once every ``retry_s`` seconds, so the flood cannot hammer a
+signer that is down or failing either.
 
 PyJWT's ``PyJWKClient`` does the same job; :class:`KeySet` is written here because the
 lesson is what it does, because it fetches with a :class:`labkit.Client` (so the fetch
@@ -52,15 +54,34 @@ class Signer:
         self.algorithm, self.issuer = algorithm, issuer
         self.secret: str | None = None
         self.public_key = None
-        if algorithm == "HS256":
+        self._retired: list[tuple[str, object]] = []  # (kid, public key) of keys rotated out, newest first
+        self._lock = threading.Lock()  # a token's key and kid change together
+        self._make_key()
+
+    def _make_key(self) -> None:
+        if self.algorithm == "HS256":
             self._signing_key = self.secret = secrets.token_hex(32)  # 256 random bits
             self.kid = hashlib.sha256(self.secret.encode()).hexdigest()[:12]
             return
-        self._signing_key = (ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA"
+        self._signing_key = (ed25519.Ed25519PrivateKey.generate() if self.algorithm == "EdDSA"
                              else rsa.generate_private_key(public_exponent=65537, key_size=2048))
         self.public_key = self._signing_key.public_key()
         der = self.public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.kid = hashlib.sha256(der).hexdigest()[:12]
+
+    @property
+    def verifying_key(self):
+        """What checks this signer's tokens: the public key, or with HS256 the shared secret."""
+        return self.secret if self.public_key is None else self.public_key
+
+    def rotate(self, keep: int = 1) -> None:
+        """Sign with a new key from now on; the key set keeps publishing the ``keep`` previous
+        public keys, so tokens they signed still verify until they expire (not with HS256)."""
+        if self.public_key is None:
+            raise Invalid("an HS256 secret cannot be rotated by publishing: hand every verifier the new secret")
+        with self._lock:
+            self._retired = ([(self.kid, self.public_key)] + self._retired)[:max(0, keep)]
+            self._make_key()
 
     @property
     def public_pem(self) -> str | None:
@@ -72,16 +93,22 @@ class Signer:
 
     def sign(self, claims: dict, headers: dict | None = None) -> str:
         """A token holding exactly ``claims``, signed with this key; its header names the key id."""
-        return jwt.encode(claims, self._signing_key, algorithm=self.algorithm,
-                          headers={"kid": self.kid, **(headers or {})})
+        with self._lock:
+            key, kid = self._signing_key, self.kid
+        return jwt.encode(claims, key, algorithm=self.algorithm, headers={"kid": kid, **(headers or {})})
 
     def jwks(self) -> dict:
         """The public keys as a JSON Web Key Set: ``{"keys": [...]}`` (empty with HS256)."""
         if self.public_key is None:
             return {"keys": []}
-        key = json.loads(jwt.algorithms.get_default_algorithms()[self.algorithm].to_jwk(self.public_key))
-        key.pop("key_ops", None)  # RFC 7517 4.3: "use" and "key_ops" should not be used together
-        return {"keys": [{**key, "kid": self.kid, "alg": self.algorithm, "use": "sig"}]}
+        found = []
+        with self._lock:
+            published = [(self.kid, self.public_key)] + self._retired
+        for kid, public in published:
+            key = json.loads(jwt.algorithms.get_default_algorithms()[self.algorithm].to_jwk(public))
+            key.pop("key_ops", None)  # RFC 7517 4.3: "use" and "key_ops" should not be used together
+            found.append({**key, "kid": kid, "alg": self.algorithm, "use": "sig"})
+        return {"keys": found}
 
 
 class KeySet:
@@ -89,15 +116,23 @@ class KeySet:
 
     :meth:`find` answers from what it has; a key id it does not know makes it fetch the
     set: at once the first time, then at most once every ``refetch_s`` seconds after a
-    fetch that worked. One thread fetches while the others wait for its result; no
+    fetch that worked, and at most once every ``retry_s`` seconds (default: 1, or
+    ``refetch_s`` if that is less) after one that failed; in between, an unknown id
+    gets None after a fetch that worked and KeysUnavailable after one that failed,
+    without a fetch. One thread fetches while the others wait for its result; no
     lock is held during the fetch.
     """
 
-    def __init__(self, url: str, client, *, refetch_s: float = 30.0, clock=time.monotonic):
+    def __init__(self, url: str, client, *, refetch_s: float = 30.0, clock=time.monotonic,
+                 retry_s: float | None = None):
         self.url, self.client, self.refetch_s, self.clock = url, client, refetch_s, clock
+        self.retry_s = min(1.0, refetch_s) if retry_s is None else retry_s
         self.fetches = 0   # how many times the set was fetched
+        self.failures = 0  # how many fetches failed
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
+        self._failed_at: float | None = None  # when the last fetch failed, if it did (None after one that worked)
+        self._failure = ""
         self._fetching = False
         self._changed = threading.Condition()
 
@@ -112,17 +147,27 @@ class KeySet:
                 self._changed.wait()
             if kid in self._keys:
                 return self._keys[kid]
-            if self._fetched_at is not None and self.clock() - self._fetched_at < self.refetch_s:
+            now = self.clock()
+            if self._failed_at is not None and now - self._failed_at < self.retry_s:
+                raise KeysUnavailable(f"cannot fetch the key set at {self.url}: the last try failed "
+                                      f"{now - self._failed_at:.1f} s ago ({self._failure}); the next may "
+                                      f"start {self.retry_s:g} s after it")
+            if self._failed_at is None and self._fetched_at is not None and now - self._fetched_at < self.refetch_s:
                 return None
             self._fetching = True
         keys = None
         try:
             keys = self._fetch()
+        except KeysUnavailable as error:
+            with self._changed:
+                self._failed_at, self._failure = self.clock(), describe(error.__cause__ or error)
+                self.failures += 1
+            raise
         finally:
             with self._changed:
                 self._fetching = False
                 if keys is not None:
-                    self._keys, self._fetched_at = keys, self.clock()
+                    self._keys, self._fetched_at, self._failed_at = keys, self.clock(), None
                 self._changed.notify_all()
         return keys.get(kid)
 

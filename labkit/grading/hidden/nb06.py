@@ -5,16 +5,27 @@ through a link, and the public key is fetched from its key set (JWKS); the
 attacks are built from those real tokens: an edited payload, ``alg: none``, an
 HS256 signature made with the public key as the secret (algorithm confusion), a
 token from another sign-in service, an expired one, one for another audience,
-one without ``sub``.
+one from another issuer, one without ``sub``, and ones whose ``roles`` is not a
+list of strings (a string holding the role's name passes a substring test).
+The sign-in service here names itself ``ISSUER``, not the notebook's
+``labkit-auth``, so an answer must check the issuer it is given.
+
+q6.2 (get_notes) meets no token, a valid one, an expired one, one without the
+role, a wrong password, a lockout of 1 s, a sign-in service that answers 429 to
+every attempt (give up after the third, without a last wait), a Retry-After given
+as an HTTP date, and a notes service that refuses even a fresh token.
 """
 
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
+import math
 import time
 
 import jwt
+from flask import Flask
 from werkzeug.datastructures import Headers
 
 from labkit.apps import create
@@ -25,8 +36,9 @@ from labkit.grading.authoring import Fail, Question, show, type_name
 
 USERS = {"alice": ("alice's password", ["reader", "writer"]), "bob": ("bob's password", ["reader"])}
 AUDIENCE = "notes"
+ISSUER = "auth·check"
 
-_DECODE = ('verify with jwt.decode(token, public_key, algorithms=["EdDSA"], audience=audience), '
+_DECODE = ('verify with jwt.decode(token, public_key, algorithms=["EdDSA"], audience=audience, issuer=issuer), '
            "return (401, reason) when it raises jwt.PyJWTError, and (403, reason) when the role is missing")
 _PIN = ('pin the algorithm you accept: algorithms=["EdDSA"]; never take it from the token\'s own header, '
         "and turn every jwt.PyJWTError into (401, reason)")
@@ -34,7 +46,7 @@ _VERIFY = ("the signature is what makes a token trustworthy: decode with the pub
            'options={"verify_signature": False}')
 
 q61 = Question(
-    "q6.1", "authorize", params=("headers", "public_key", "audience", "role"), hint=_DECODE,
+    "q6.1", "authorize", params=("headers", "public_key", "audience", "role", "issuer"), hint=_DECODE,
 )
 
 
@@ -45,7 +57,7 @@ class _SignIn:
     """A real sign-in service behind a link; logs users in and hands out its public key."""
 
     def __init__(self, run, name: str = "auth·check", **options):
-        self.app = create("auth", users=USERS, **FAST_HASHING, **options)
+        self.app = create("auth", users=USERS, issuer=ISSUER, **FAST_HASHING, **options)
         self.server = run.serve(self.app, name)
         self.link = run.link(self.server, latency_ms=5)
         self.client = run.client("service")
@@ -92,12 +104,13 @@ def _status_of(value, case: str) -> tuple[int, object]:
 
 
 def _expect_ok(run, headers, key, role, user: str, case: str) -> None:
-    status, claims = _status_of(run.call(headers, key, AUDIENCE, role).value, case)
+    status, claims = _status_of(run.call(headers, key, AUDIENCE, role, ISSUER).value, case)
     if status != 200:
         hint = _DECODE
         if status == 401:
             hint = ("the token is valid: check the audience you are given (audience=audience), "
-                    'the algorithm the sign-in service uses (algorithms=["EdDSA"]), and read the token '
+                    'the algorithm the sign-in service uses (algorithms=["EdDSA"]), the issuer you are given '
+                    "(issuer=issuer), and read the token "
                     "after 'Bearer '")
         raise Fail(f"{case}: it returned status {status}, expected 200", hint)
     if not isinstance(claims, dict) or claims.get("sub") != user or not isinstance(claims.get("roles"), list):
@@ -107,7 +120,7 @@ def _expect_ok(run, headers, key, role, user: str, case: str) -> None:
 
 
 def _expect_refused(run, headers, key, role, expected: int, case: str, hint: str) -> None:
-    status, reason = _status_of(run.call(headers, key, AUDIENCE, role).value, case)
+    status, reason = _status_of(run.call(headers, key, AUDIENCE, role, ISSUER).value, case)
     if status != expected:
         if (status, expected) == (403, 401) and "no Authorization header" not in case:
             hint = _INVALID
@@ -224,6 +237,35 @@ def _(run):
                     "pass audience=audience to jwt.decode: a token meant for another service must not open this one")
 
 
+@q61.test("a validly signed token from another issuer")
+def _(run):
+    auth = _SignIn(run)
+    _, claims, _ = _parts(auth.token("alice"))
+    _expect_refused(run, _bearer(auth.signer.sign({**claims, "iss": "someone-else"})), auth.public_key(), "reader",
+                    401, "a token whose iss is 'someone-else', not the issuer you were given",
+                    "pass issuer=issuer to jwt.decode (and require iss): the issuer says who vouches for the claims")
+    del claims["iss"]
+    _expect_refused(run, _bearer(auth.signer.sign(claims)), auth.public_key(), "reader", 401,
+                    "a token without iss", 'require the claims you rely on: options={"require": [..., "iss"]}')
+
+
+_ROLES = ("roles must be a list of strings: check isinstance(roles, list) and that every item is a str, "
+          "and answer 401 otherwise; `role in roles` on a string is a substring test")
+
+
+@q61.test("a validly signed token whose roles is not a list of strings")
+def _(run):
+    auth = _SignIn(run)
+    _, claims, _ = _parts(auth.token("bob"))
+    key = auth.public_key()
+    _expect_refused(run, _bearer(auth.signer.sign({**claims, "roles": "not-an-admin"})), key, "admin", 401,
+                    "a token whose roles is the string 'not-an-admin', asking for role admin", _ROLES)
+    _expect_refused(run, _bearer(auth.signer.sign({**claims, "roles": ["reader", 7]})), key, "reader", 401,
+                    "a token whose roles is ['reader', 7] (not all strings)", _ROLES)
+    missing = {k: v for k, v in claims.items() if k != "roles"}
+    _expect_refused(run, _bearer(auth.signer.sign(missing)), key, "reader", 401, "a token without roles", _ROLES)
+
+
 @q61.test("a validly signed token without sub")
 def _(run):
     auth = _SignIn(run)
@@ -231,7 +273,7 @@ def _(run):
     del claims["sub"]
     _expect_refused(run, _bearer(auth.signer.sign(claims)), auth.public_key(), "reader", 401,
                     "a token without sub (it names nobody)",
-                    'require the claims you rely on: options={"require": ["sub", "exp", "aud"]}')
+                    'require the claims you rely on: options={"require": ["sub", "roles", "aud", "iss", "exp"]}')
 
 
 # -- q6.2: a client that keeps its token -------------------------------------------------------
@@ -240,6 +282,8 @@ def _(run):
 LOCKOUT_S = 1
 #: The most sign-in attempts a client may make for one call.
 MAX_SIGN_INS = 3
+#: Seconds alice is locked out in the test whose Retry-After is an HTTP date.
+LOCKOUT_DATE_S = 3
 
 q62 = Question(
     "q6.2", "get_notes", params=("client", "auth_url", "notes_url", "credentials", "token"),
@@ -254,12 +298,15 @@ ZED = ("zed's password", [])
 class _Pair:
     """A sign-in service and a notes service (holding one note), both behind links."""
 
-    def __init__(self, run, **auth_options):
+    def __init__(self, run, notes_options=None, http_date=False, **auth_options):
         users = {**USERS, "zed": ZED}
         self.app = create("auth", users=users, **{**FAST_HASHING, **auth_options})
+        if http_date:
+            self.app.after_request(_retry_after_as_a_date)
         self.auth = run.serve(self.app, "auth·check")
         self.auth_link = run.link(self.auth, latency_ms=5)
-        self.notes_app = create("notes", name="notes·check", auth_url=self.auth.url, trace=run.trace)
+        self.notes_app = create("notes", name="notes·check", auth_url=self.auth.url, trace=run.trace,
+                                **(notes_options or {}))
         notes = self.notes_app.extensions["labkit"]
         notes.notes[1], notes.next_id = dict(_NOTES[0]), 2
         self.notes = run.serve(self.notes_app, "notes·check")
@@ -283,6 +330,25 @@ class _Pair:
 
     def reads(self, call) -> list:
         return call.receives(self.notes, path="/notes")
+
+
+def _retry_after_as_a_date(response):
+    """Retry-After in its other form (RFC 9110, 10.2.3): the HTTP date when the wait is over, never earlier."""
+    seconds = response.headers.get("Retry-After")
+    if seconds is not None and seconds.isdigit():
+        response.headers["Retry-After"] = email.utils.formatdate(math.ceil(time.time()) + int(seconds), usegmt=True)
+    return response
+
+
+def _always_busy():
+    """A sign-in service that answers every attempt 429, Retry-After: 1."""
+    app = Flask("busy")
+
+    @app.post("/login")
+    def login():
+        return {"error": "too many sign-ins; try again in 1 s"}, 429, {"Retry-After": str(LOCKOUT_S)}
+
+    return app
 
 
 def _pair_of(value, case: str):
@@ -396,3 +462,67 @@ def _(run):
     if attempts[-1].t - attempts[0].t < LOCKOUT_S * 0.8:
         raise Fail(f"{case}: it signed in again before the {LOCKOUT_S} s of Retry-After had passed", wait)
     _judge_notes(call.value, case, "alice")
+
+
+_GIVE_UP = "if the third attempt is answered 429 too, return (None, None) at once"
+
+
+@q62.test("the sign-in service answers 429 to every attempt (Retry-After: 1)")
+def _(run):
+    busy = run.serve(_always_busy(), "auth·busy")
+    busy_link = run.link(busy, latency_ms=5)
+    notes = run.serve(create("notes", name="notes·check", auth_url=busy.url, trace=run.trace), "notes·check")
+    notes_link = run.link(notes, latency_ms=5)
+    credentials = {"username": "alice", "password": USERS["alice"][0]}
+    call = run.call(run.client("you"), busy_link.url, notes_link.url, credentials, None)
+    case = "while the sign-in service answers every attempt 429"
+    attempts = call.receives(busy, path="/login")
+    if len(attempts) > MAX_SIGN_INS:
+        raise Fail(f"{case}: it made {len(attempts)} sign-in attempts, more than {MAX_SIGN_INS}", _GIVE_UP)
+    if len(attempts) < MAX_SIGN_INS:
+        raise Fail(f"{case}: it gave up after {len(attempts)} attempt(s)",
+                   f"make {MAX_SIGN_INS} attempts in all, waiting as long as Retry-After says between them")
+    for before, after in zip(attempts, attempts[1:]):
+        if after.t - before.t < LOCKOUT_S * 0.8:
+            raise Fail(f"{case}: it signed in again before the {LOCKOUT_S} s of Retry-After had passed",
+                       "wait as long as the Retry-After header says before each new attempt")
+    notes, token = _pair_of(call.value, case)
+    if notes is not None or token is not None:
+        raise Fail(f"{case}: it returned {show(notes)} and {show(token)}; expected (None, None)", _GIVE_UP)
+    after_last = call.ended - (run.trace.start + attempts[-1].t)
+    if after_last > 0.6:
+        raise Fail(f"{case}: it returned {after_last:.1f} s after the third 429; no attempt follows it, "
+                   "so there is nothing to wait for", _GIVE_UP + ", without sleeping after it")
+
+
+@q62.test("Retry-After as an HTTP date")
+def _(run):
+    pair = _Pair(run, http_date=True, max_failures=2, lockout_s=LOCKOUT_DATE_S)
+    for _ in range(2):  # someone else guessed alice's password: she is locked out for a few seconds
+        pair.client.post(pair.auth.url + "/login", json=pair.credentials("alice", "guess"))
+    call = pair.call(run, pair.credentials("alice"), None)
+    case = f"while alice is locked out for {LOCKOUT_DATE_S} s, Retry-After given as an HTTP date"
+    if not isinstance(call.value, (tuple, list)) or len(call.value) != 2 or call.value[0] is None:
+        raise Fail(f"{case}: it returned no notes",
+                   "Retry-After may be an HTTP date such as 'Wed, 21 Oct 2026 07:28:00 GMT': wait until then "
+                   "(email.utils.parsedate_to_datetime(value).timestamp() - time.time() seconds)")
+    if len(pair.sign_ins(call)) > MAX_SIGN_INS:
+        raise Fail(f"{case}: it made more than {MAX_SIGN_INS} sign-in attempts", "wait until the date Retry-After names")
+    _judge_notes(call.value, case, "alice")
+
+
+@q62.test("a notes service that refuses even a fresh token (401 twice)")
+def _(run):
+    pair = _Pair(run, notes_options={"issuer": "another-sign-in"})  # it trusts another issuer's tokens only
+    token = pair.token("alice")
+    call = pair.call(run, pair.credentials("alice"), token)
+    case = "with a notes service that answers 401 to every token, even a fresh one"
+    notes, returned = _pair_of(call.value, case)
+    if notes is not None or returned is not None:
+        raise Fail(f"{case}: it returned {show(notes)} and {'a token' if returned else show(returned)}; "
+                   "expected (None, None)",
+                   "when the retried read is answered 401 too, no token works here: return (None, None)")
+    _judge_sign_ins(pair, call, 1, case, "after a 401, sign in once and retry the read once; then stop")
+    if len(pair.reads(call)) != 2:
+        raise Fail(f"{case}: it read {len(pair.reads(call))} time(s); expected 2 (the read, and one retry)",
+                   "retry the read once after signing in again, then return (None, None)")
