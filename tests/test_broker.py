@@ -383,6 +383,16 @@ def test_a_worker_without_the_brokers_keys_trusts_no_token(lab, me, signer, monk
     assert me.get(away.url + "/stats").json() == me.get(alone.url + "/stats").json() == {"jobs": 0}
 
 
+def test_a_worker_fetches_the_key_set_again_at_most_every_keys_refetch_s():
+    from labkit.apps import kit
+    from labkit.errors import Invalid
+    for options, expected in (({}, 30.0), ({"keys_refetch_s": 3600}, 3600.0)):
+        app = create("worker", name="bob", broker_url="http://127.0.0.1:9", **options)
+        assert app.extensions[kit.STATE].keys.refetch_s == expected
+    with pytest.raises(Invalid):
+        create("worker", name="bob", broker_url="http://127.0.0.1:9", keys_refetch_s=0)
+
+
 def test_a_broker_may_sign_with_any_key_its_peers_can_fetch(lab, me):
     """An Ed25519 broker: its own checks and its workers' pin the algorithm its key set names."""
     ed = lab.serve(create("broker", secrets=SECRETS, signer=tokens.Signer("EdDSA", issuer="ed-broker")),

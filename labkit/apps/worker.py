@@ -14,7 +14,7 @@ accepts only tokens whose audience (``aud``) is its own name: a token alice got 
 is refused by carol, so bob cannot replay it there. The key set comes over plain HTTP
 from whatever answers at the broker's address, and the worker believes every fetch: each
 one replaces the keys it had (nothing is pinned), and anyone can make it fetch again, at
-most every 30 s, by sending a token that names an unknown key id.
+most every ``keys_refetch_s`` seconds (default 30), by sending a token that names an unknown key id.
 
 Being a peer of the broker (registering, sending heartbeats with its load, leaving) is
 :class:`Member`'s job; :func:`start` serves a worker and makes it a member in one call::
@@ -51,11 +51,14 @@ MAX_NUMBERS = 1000
 class WorkerState:
     """A worker's state: its name and kind, the broker's keys, its job count, and its membership (if any)."""
 
-    def __init__(self, name: str, kind: str, broker_url: str | None, timeout_s: float, trace):
+    def __init__(self, name: str, kind: str, broker_url: str | None, timeout_s: float, trace,
+                 keys_refetch_s: float = 30.0):
         self.name, self.kind = kit.name(name, "a worker's name"), kit.name(kind, "kind")
         self.client = Client(name, timeout=kit.positive(timeout_s, "timeout_s", 60), trace=trace)
         self.broker_url = broker_url.rstrip("/") if broker_url else None
-        self.keys = tokens.KeySet(self.broker_url + "/.well-known/jwks.json", self.client) if broker_url else None
+        refetch_s = kit.positive(keys_refetch_s, "keys_refetch_s", 10**7)
+        self.keys = (tokens.KeySet(self.broker_url + "/.well-known/jwks.json", self.client, refetch_s=refetch_s)
+                     if broker_url else None)
         self.jobs = 0
         self.member: Member | None = None
         self._lock = threading.Lock()
@@ -122,8 +125,11 @@ def jobs():
 
 
 def create_app(*, name: str | None = None, kind: str | None = None, broker_url: str | None = None,
-               timeout_s: float = 2.0, trace=None):
+               timeout_s: float = 2.0, trace=None, keys_refetch_s: float = 30.0):
     """A worker called ``name`` that trusts tokens signed by the broker at ``broker_url``.
+
+    ``keys_refetch_s``: the least time between two fetches of the broker's key set (a token
+    with an unknown key id makes it fetch again only that long after the last fetch).
 
     Unset options come from LABKIT_PEER_NAME, LABKIT_PEER_KIND and LABKIT_BROKER_URL. With
     LABKIT_PEER_URL and LABKIT_PEER_SECRET set too (its own process), it registers at the
@@ -131,7 +137,7 @@ def create_app(*, name: str | None = None, kind: str | None = None, broker_url: 
     """
     state = WorkerState(name or os.environ.get("LABKIT_PEER_NAME", "worker"),
                         kind or os.environ.get("LABKIT_PEER_KIND", "worker"),
-                        broker_url or os.environ.get("LABKIT_BROKER_URL"), timeout_s, trace)
+                        broker_url or os.environ.get("LABKIT_BROKER_URL"), timeout_s, trace, keys_refetch_s)
     if state.keys is not None and os.environ.get("LABKIT_PEER_URL") and os.environ.get("LABKIT_PEER_SECRET"):
         state.member = Member(None, state.broker_url, os.environ["LABKIT_PEER_SECRET"],
                               name=state.name, kind=state.kind, url=os.environ["LABKIT_PEER_URL"], heartbeat_s=5.0,
