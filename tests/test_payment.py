@@ -325,6 +325,23 @@ def test_recovering_starts_again_when_the_faults_change(lab):
     assert processor.stats()["charges"] == 4
 
 
+def test_retry_after_s_puts_the_pause_it_asks_for_on_503_and_429_answers(lab):
+    processor, server = _payment(lab, recover_requests=1, retry_after_s=1)
+    client = lab.client(timeout=5)
+    first, second = _charge(client, server.url), _charge(client, server.url)
+    assert (first.status_code, first.headers.get("Retry-After")) == (503, "1")
+    assert second.status_code == 201 and "Retry-After" not in second.headers
+    client.put(server.url + "/faults", json={"recover_requests": 0, "error_rate": 1.0, "error_status": 429,
+                                         "retry_after_s": 2}).raise_for_status()
+    limited = _charge(client, server.url)
+    assert (limited.status_code, limited.headers.get("Retry-After")) == (429, "2")
+    client.put(server.url + "/faults", json={"error_status": 500}).raise_for_status()
+    assert "Retry-After" not in _charge(client, server.url).headers  # a 500 asks for no pause
+    client.put(server.url + "/faults", json={"error_status": 503, "retry_after_s": None}).raise_for_status()
+    assert "Retry-After" not in _charge(client, server.url).headers  # none by default
+    assert processor.stats()["charges"] == 1
+
+
 def test_over_capacity_requests_are_turned_away(lab):
     processor, server = _payment(lab, capacity=2, work_ms=400)
     statuses, lock = [], threading.Lock()
@@ -372,7 +389,7 @@ def test_the_fault_settings_can_be_read_and_changed_live(lab):
     assert client.get(server.url + "/faults").json() == DEFAULTS
     assert DEFAULTS == {"decline_rate": 0.0, "error_rate": 0.0, "error_status": 503, "work_ms": 0.0,
                         "late_rate": 0.0, "late_ms": 2000.0, "recover_s": 0.0, "recover_requests": 0,
-                        "capacity": None}
+                        "capacity": None, "retry_after_s": None}
     settings_now = client.put(server.url + "/faults", json={"error_rate": 1, "capacity": None}).json()
     assert settings_now == {**DEFAULTS, "error_rate": 1.0}
     assert client.get(server.url + "/faults").json() == settings_now == processor.faults.snapshot()
@@ -385,6 +402,7 @@ def test_the_fault_settings_can_be_read_and_changed_live(lab):
                                   {"late_ms": -1}, {"recover_requests": 1.5}, {"nope": 1}, [1], "x",
                                   {"error_rate": 0.5, "work_ms": "fast"}, {"self": 1}, {"decline_rate": -0.1},
                                   {"late_rate": 1.5}, {"work_ms": 60_001}, {"recover_s": float("inf")},
+                                  {"retry_after_s": 0.5}, {"retry_after_s": -1}, {"error_status": 502},
                                   {"decline_rate": 1.0, "slow_ms": 10}])
 def test_wrong_fault_settings_are_refused_and_change_nothing(lab, body):
     processor, server = _payment(lab, recover_s=0.0)

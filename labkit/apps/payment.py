@@ -3,7 +3,7 @@
     POST /charges             {"amount_cents": 1200}, with an optional ``Idempotency-Key: K`` header
                               -> 201 {"reference", "amount_cents", "status": "succeeded"}
                                  402 declined; nothing charged
-                                 503 (or 500) failing or overloaded; nothing charged
+                                 503 (or 500, or 429) failing or overloaded; nothing charged
                                  409 a request with this key is still being processed: retry later
                                  422 this key was first used for another amount: use a new key
                               The same key again gives its first answer again, a decline
@@ -19,9 +19,12 @@
     GET  /faults, PUT /faults the fault settings below; a change restarts "recover_s" and
                               "recover_requests"
 
-Keys follow the IETF Idempotency-Key draft: they are scoped per caller (its
-``Labkit-Caller`` name here; a real processor scopes them per account) and forgotten
-``key_ttl_s`` after their first use (Stripe keeps them 24 hours).
+Keys follow the IETF Idempotency-Key draft: they are scoped per caller and forgotten
+``key_ttl_s`` after their first use (Stripe keeps them 24 hours). A real processor scopes
+them per authenticated account; this one has no authentication, so the caller's own
+``Labkit-Caller`` header (or else its address) stands in for the account. That name is
+asserted, not proven: it is no security boundary (any caller can claim another's name
+and have its stored answers replayed).
 
 Faults, decided in the order requests arrive, with seeded random numbers; a notebook
 picks its own profile (notebook 04 declines and slows, notebook 07 fails and overloads):
@@ -30,8 +33,11 @@ picks its own profile (notebook 04 declines and slows, notebook 07 fails and ove
 setting            what the caller sees
 =================  ================================================================
 decline_rate       that fraction of new charges is declined (402); the decline is final
-error_rate         that fraction of requests answers ``error_status`` (500 or 503)
-                   before doing anything (nothing is charged)
+error_rate         that fraction of requests answers ``error_status`` (500, 503, or 429
+                   Too Many Requests) before doing anything (nothing is charged)
+retry_after_s      None, or a whole number of seconds: every 503 and 429 answer then
+                   carries ``Retry-After: N`` (RFC 9110, section 10.2.3), the pause
+                   the processor asks for
 work_ms            each request takes this long to do its work
 late_rate, late_ms that fraction of requests does its work, then waits late_ms before
                    answering: the charge is made, the answer comes late
@@ -63,9 +69,13 @@ MAX_BUCKETS = 100_000
 
 
 def _status(value, field):
-    if value not in (500, 503) or isinstance(value, bool):
-        raise Invalid(f"{field} must be 500 or 503, not {kit.short(value)}")
+    if value not in (429, 500, 503) or isinstance(value, bool):
+        raise Invalid(f"{field} must be 429, 500 or 503, not {kit.short(value)}")
     return value
+
+
+def _retry_after(value, field):
+    return None if value is None else kit.whole(value, field, 0, 86_400)
 
 
 def _capacity(value, field):
@@ -82,6 +92,7 @@ RULES = {
     "recover_s": (0.0, lambda v, f: kit.number(v, f, 0, 3600, unit="seconds")),
     "recover_requests": (0, lambda v, f: kit.whole(v, f, 0, 10**9)),
     "capacity": (None, _capacity),
+    "retry_after_s": (None, _retry_after),
 }
 
 _FAILURES = {
@@ -172,7 +183,9 @@ class Processor:
         if fate != "ok":
             status = self.faults["error_status"] if fate == "error" else 503
             self.answered(status)
-            return status, {"error": _FAILURES[fate]}, {}
+            after = self.faults["retry_after_s"]
+            headers = {"Retry-After": str(after)} if after is not None and status in (429, 503) else {}
+            return status, {"error": _FAILURES[fate]}, headers
         try:
             answer = begin()
             if answer is None:

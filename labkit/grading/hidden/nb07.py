@@ -11,7 +11,7 @@ import requests
 from labkit.apps import create
 from labkit.grading.authoring import Fail, Question, is_a, show
 
-#: Every call must return within this many seconds (the solution gives up trying after 2.5 s).
+#: Every call must return within this many seconds (the solution starts no attempt after 2.3 s).
 LATENCY_S = 4.0
 #: In the random-fault tests, at least this fraction of the payments must go through.
 SUCCESS_RATE = 0.9
@@ -20,25 +20,28 @@ RECOVERY_BUDGET = 12
 
 q71 = Question(
     "q7.1", "pay", params=("client", "url", "amount", "key"),
-    hint=("retry connection errors, timeouts, 409, 429 and 5xx answers with exponential backoff and jitter, "
+    hint=("retry connection errors, timeouts, 408, 409, 429 and 5xx answers with exponential backoff and jitter, "
+          "waiting at least the seconds a Retry-After header asks for, "
           'sending the same {"Idempotency-Key": key} header each time, and return None for any other 4xx answer'),
-    hang_hint="give each attempt a timeout, timeout=(0.5, 0.5), and stop retrying after about 2.5 s",
+    hang_hint="give each attempt a timeout, timeout=(1.1, 0.5), and start no attempt after about 2.3 s",
     time_limit=12,
 )
 
-_TIMEOUT = ("give every attempt a timeout, such as timeout=(0.5, 0.5) (connect, read): "
+_TIMEOUT = ("give every attempt a timeout, such as timeout=(1.1, 0.5) (connect, read): "
             "without one a lost or slow answer holds the payment for the client's 5 s default")
-_RETRY = ("retry what may pass on a second try (ConnectionError, Timeout, and the answers 409, 429, 500, 502, 503, "
-          "504), with exponential backoff and jitter, for up to about 2.5 s")
+_RETRY = ("retry what may pass on a second try (ConnectionError, Timeout, and the answers 408, 409, 429, 500, 502, "
+          "503, 504), with exponential backoff and jitter, for up to about 2.3 s")
 _KEY = ('send headers={"Idempotency-Key": key} with every attempt: the service then charges a key once '
         "and answers a retry with the first result")
 _BACKOFF = ("wait longer after each failure, exponentially and with jitter, such as "
             "tenacity.wait_random_exponential(multiplier=0.1, max=1.0): a fixed short pause hammers a service "
             "that is trying to recover")
 _NO_4XX = ("a 4xx answer (400 bad amount, 422 key reused) is the service refusing the request itself: "
-           "sending it again cannot change that, so return None at once; retry only 409, 429 and 5xx")
+           "sending it again cannot change that, so return None at once; retry only 408, 409, 429 and 5xx")
 _IN_FLIGHT = ("409 with the same key means your first attempt is still being processed: wait and send the same "
               "request again; the service then answers with the charge that attempt made")
+_RETRY_AFTER = ("a 503 or 429 answer with a Retry-After: N header asks you to wait N seconds: make the pause before "
+                "the next attempt at least N (the larger of N and your backoff), or give up if that passes the deadline")
 _CATCH = ("catch the errors you retry (requests.exceptions.ConnectionError and Timeout) and return None "
           "when the retries run out: with tenacity, catch tenacity.RetryError")
 
@@ -178,4 +181,17 @@ def _(run):
         hint = _IN_FLIGHT if "409" in statuses else _RETRY
         raise Fail(f"only {paid} of 2 payments went through, though the service answered every one in 0.7 s "
                    f"(its answers: {show(statuses)})", hint)
+    _charged_once(state)
+
+
+@q71.test("a 503 answer that asks for a pause (Retry-After: 1)")
+def _(run):
+    state, server, link = _service(run, recover_requests=1, retry_after_s=1)
+    paid = _pay_many(run, server, link, 1)
+    early = sum(state.stats()["load"][:9])  # requests that arrived less than 0.9 s after the first
+    if early > 1:
+        raise Fail(f"the service answered 503 with Retry-After: 1, yet it received {early - 1} more request(s) "
+                   f"within 0.9 s", _RETRY_AFTER)
+    if not paid:
+        raise Fail("it returned None, but the service answered 201 after the pause it asked for (1 s)", _RETRY_AFTER)
     _charged_once(state)
