@@ -176,6 +176,16 @@ def _prefix_end(prefix: str) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
+class Listing(dict):
+    """{key: value}, as read by :meth:`Etcd.get`, with ``revision``: the cluster's revision when it was read.
+
+    Watching from ``revision + 1`` (``Etcd.watch(..., start_revision=listing.revision + 1)``) hears
+    every change made after the read, even one made before the watch was opened: list, then watch.
+    """
+
+    revision: int = 0
+
+
 class Etcd:
     """A small etcd v3 client over the JSON gateway: keys, leases and watches.
 
@@ -220,8 +230,9 @@ class Etcd:
             body["lease"] = str(lease)
         return int(self._call("kv/put", body)["header"]["revision"])
 
-    def get(self, key: str, *, prefix: bool = False, serializable: bool = False) -> dict[str, str]:
-        """{key: value} for ``key`` (or every key under it, with ``prefix``).
+    def get(self, key: str, *, prefix: bool = False, serializable: bool = False) -> Listing:
+        """{key: value} for ``key`` (or every key under it, with ``prefix``), a dict whose
+        ``revision`` is the revision the member answered at.
 
         By default a read is linearizable: it goes through the leader and needs a quorum.
         ``serializable=True`` lets one member answer from what it has (possibly stale).
@@ -229,7 +240,10 @@ class Etcd:
         body = {"key": _b64(key), "serializable": serializable}
         if prefix:
             body["range_end"] = _prefix_end(key)
-        return {_text(kv["key"]): _text(kv.get("value", "")) for kv in self._call("kv/range", body).get("kvs", [])}
+        reply = self._call("kv/range", body)
+        listing = Listing((_text(kv["key"]), _text(kv.get("value", ""))) for kv in reply.get("kvs", []))
+        listing.revision = int(reply.get("header", {}).get("revision", 0))
+        return listing
 
     def delete(self, key: str, *, prefix: bool = False) -> int:
         """Delete ``key`` (or every key under it); how many keys went."""
@@ -253,11 +267,19 @@ class Etcd:
         """End ``lease`` now: every key attached to it goes."""
         self._call("lease/revoke", {"ID": str(lease)})
 
-    def watch(self, key: str, *, prefix: bool = False, seconds: float = 5.0):
-        """Yield each change to ``key`` (or under it) as ("PUT" or "DELETE", key, value) for ``seconds``."""
+    def watch(self, key: str, *, prefix: bool = False, seconds: float = 5.0, start_revision: int | None = None):
+        """Yield each change to ``key`` (or under it) as ("PUT" or "DELETE", key, value) for ``seconds``.
+
+        From now on, or with ``start_revision`` from that revision on, changes already made
+        included (``get(...).revision + 1``: every change after a read).
+        """
         body = {"create_request": {"key": _b64(key)}}
         if prefix:
             body["create_request"]["range_end"] = _prefix_end(key)
+        if start_revision is not None:
+            if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 1:
+                raise ValueError(f"start_revision is a revision from 1, not {start_revision!r}")
+            body["create_request"]["start_revision"] = str(start_revision)
         deadline = time.monotonic() + seconds
         for endpoint in self.endpoints:
             try:

@@ -72,6 +72,21 @@ def test_a_watch_hears_every_change_at_once(kv):
     assert heard == [("PUT", "/services/shop/1", "up"), ("DELETE", "/services/shop/1", "")]
 
 
+def test_list_then_watch_from_the_read_s_revision_misses_nothing(kv):
+    kv.put("/listed/a", "1")
+    listing = kv.get("/listed/", prefix=True)
+    assert listing == {"/listed/a": "1"} and isinstance(listing, dict)
+    assert listing.revision >= 1
+    kv.put("/listed/b", "2")  # after the read, before the watch opens
+    kv.delete("/listed/a")
+    assert list(kv.watch("/listed/", prefix=True, seconds=1, start_revision=listing.revision + 1)) == [
+        ("PUT", "/listed/b", "2"), ("DELETE", "/listed/a", "")]
+    assert list(kv.watch("/listed/", prefix=True, seconds=0.5)) == []  # from now on: the two are missed
+    assert kv.get("/listed/", prefix=True).revision > listing.revision
+    with pytest.raises(ValueError):
+        next(kv.watch("/listed/", start_revision=0))
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="from 1 to 7"):
         etcd.Cluster(members=0)

@@ -66,7 +66,7 @@ def test_register_list_and_the_lease_runs_out(ops, registry, clock):
     clock.advance(1.0)
     assert _listed(ops, registry) == []
     assert ops.get(f"{registry.url}/stats").json() == {
-        "registered": 2, "renewed": 0, "deregistered": 0, "expired": 2, "live": 0}
+        "registered": 2, "renewed": 0, "deregistered": 0, "expired": 2, "live": 0, "refused": 0}
 
 
 def test_a_heartbeat_renews_the_lease(ops, registry, clock):
@@ -199,6 +199,84 @@ def test_a_bad_service_name_is_named(ops, registry):
     assert ops.get(f"{registry.url}/stats").json()["registered"] == 0
     assert _register(ops, registry, "a", service="a" * 64).status_code == 201
     assert _register(ops, registry, "a", service="a" * 65).status_code == 400
+
+
+# -- who may register: keys per service -------------------------------------------------------
+
+KEY, OTHER_KEY = "inventory-key-1", "payment-key-22"
+
+
+@pytest.fixture
+def guarded(lab, clock):
+    return lab.serve(create("registry", clock=clock, keys={"inventory": KEY, "payment": OTHER_KEY}),
+                     name="guarded-registry")
+
+
+def _as(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_an_open_registry_lets_anyone_replace_an_instance(ops, registry):
+    """The hijack the keys prevent: a stranger re-registers inv-1 at its own address and takes its traffic."""
+    _register(ops, registry, "inv-1", url="http://127.0.0.1:5001")
+    stranger = ops.post(f"{registry.url}/services/inventory/instances",
+                        json={"id": "inv-1", "url": "http://127.0.0.1:6666", "ttl_s": 1.0})
+    assert stranger.status_code == 200
+    assert [i["url"] for i in ops.get(f"{registry.url}/services/inventory").json()["instances"]] == [
+        "http://127.0.0.1:6666"]
+
+
+def test_a_guarded_service_needs_its_key_to_register_renew_and_deregister(ops, guarded):
+    base = f"{guarded.url}/services/inventory/instances"
+    body = {"id": "inv-1", "url": "http://127.0.0.1:5001", "ttl_s": 1.0}
+    assert ops.post(base, json=body, headers=_as(KEY)).status_code == 201
+    for method, url, extra in (("post", base, {"json": {**body, "url": "http://127.0.0.1:6666"}}),
+                               ("put", f"{base}/inv-1/heartbeat", {}), ("delete", f"{base}/inv-1", {})):
+        without = getattr(ops, method)(url, **extra)
+        assert without.status_code == 401 and "Bearer" in without.headers["WWW-Authenticate"]
+        assert "needs its key" in without.json()["error"]
+        wrong = getattr(ops, method)(url, headers=_as("not-the-key-at-all"), **extra)
+        assert wrong.status_code == 401 and "knows no such key" in wrong.json()["error"]
+        other = getattr(ops, method)(url, headers=_as(OTHER_KEY), **extra)
+        assert other.status_code == 403 and "another service" in other.json()["error"]
+    listed = ops.get(f"{guarded.url}/services/inventory").json()["instances"]  # lookups stay open
+    assert [(i["id"], i["url"]) for i in listed] == [("inv-1", "http://127.0.0.1:5001")]
+    assert ops.put(f"{base}/inv-1/heartbeat", headers=_as(KEY)).status_code == 200
+    assert ops.delete(f"{base}/inv-1", headers=_as(KEY)).status_code == 200
+    stats = ops.get(f"{guarded.url}/stats").json()
+    assert (stats["registered"], stats["renewed"], stats["deregistered"], stats["refused"]) == (1, 1, 1, 9)
+
+
+def test_services_without_a_key_stay_open(ops, guarded):
+    assert _register(ops, guarded, "a-1", service="open-service").status_code == 201
+
+
+def test_a_closed_registry_refuses_services_without_a_key(lab, ops, clock):
+    closed = lab.serve(create("registry", clock=clock, keys={"inventory": KEY}, closed=True), name="closed-registry")
+    base = f"{closed.url}/services/open-service/instances"
+    refused = ops.post(base, json={"id": "a-1", "url": "http://127.0.0.1:5001", "ttl_s": 1.0}, headers=_as(KEY))
+    assert refused.status_code == 403 and "closed" in refused.json()["error"]
+    assert ops.put(f"{base}/a-1/heartbeat").status_code == 403
+    assert ops.delete(f"{base}/a-1").status_code == 403
+    assert ops.get(f"{closed.url}/services/open-service").json()["instances"] == []
+    inventory = f"{closed.url}/services/inventory/instances"
+    body = {"id": "inv-1", "url": "http://127.0.0.1:5001", "ttl_s": 1.0}
+    assert ops.post(inventory, json=body).status_code == 401
+    assert ops.post(inventory, json=body, headers=_as(KEY)).status_code == 201
+    assert ops.get(f"{closed.url}/stats").json()["refused"] == 4
+
+
+@pytest.mark.parametrize("closed", [1, "yes", None])
+def test_closed_must_be_a_boolean(closed):
+    with pytest.raises(ValueError):
+        create("registry", closed=closed)
+
+
+@pytest.mark.parametrize("keys", ["k3y-k3y-k3y", {"inventory": "short"}, {"bad name": "long-enough-key"},
+                                  {"inventory": 12345678}])
+def test_bad_keys_are_refused(keys):
+    with pytest.raises(ValueError):
+        create("registry", keys=keys)
 
 
 def test_the_manual_clock_moves_forward_only():

@@ -111,7 +111,69 @@ def call_ignores_status(client, registry_url, service, path):
     raise LookupError(f"no instance of {service!r} answered")
 
 
+_last = {}  # (registry_url, service) -> the last list the registry gave
+
+
+def _round_robin_until(client, registry_url, service, path, *, rounds=None, seconds=None, keep_last=True,
+                       error=TimeoutError, keep_empty=False):
+    """Ask the registry (falling back on the last list), try each instance, pause, ask again; then raise ``error``."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    tried, n = set(), 0
+    while (rounds is None or n < rounds) and (deadline is None or time.monotonic() < deadline):
+        n += 1
+        if keep_last:
+            try:
+                answer = client.get(f"{registry_url}/services/{service}", timeout=0.5)
+                answer.raise_for_status()
+                if answer.json()["instances"] or keep_empty:
+                    _last[registry_url, service] = answer.json()["instances"]
+            except requests.exceptions.RequestException:
+                pass
+            listed = _last.get((registry_url, service), [])
+        else:
+            listed = client.get(f"{registry_url}/services/{service}", timeout=0.5).json()["instances"]
+        start = next(_turn)
+        ordered = sorted((listed[(start + k) % len(listed)] for k in range(len(listed))),
+                         key=lambda instance: instance["url"] in tried)
+        for instance in ordered:
+            try:
+                response = client.get(instance["url"] + path, timeout=0.5)
+                response.raise_for_status()
+                return response.json()
+            except requests.exceptions.RequestException:
+                tried.add(instance["url"])
+        time.sleep(0.2)
+    raise error(f"no instance of {service!r} answered")
+
+
+def call_forgets_the_list(client, registry_url, service, path):
+    """The old solution: a registry that cannot be reached fails the call, though the instances are alive."""
+    return _round_robin_until(client, registry_url, service, path, rounds=10, keep_last=False, error=LookupError)
+
+
+def call_lookup_error_after_rounds(client, registry_url, service, path):
+    """Keeps the last list, but counts rounds instead of keeping a deadline, and raises LookupError."""
+    return _round_robin_until(client, registry_url, service, path, rounds=10, error=LookupError)
+
+
+def call_gives_up_early(client, registry_url, service, path):
+    """Raises the right error, but after three rounds (about 0.7 s), long before the deadline."""
+    return _round_robin_until(client, registry_url, service, path, rounds=3)
+
+
+def call_trusts_an_empty_list(client, registry_url, service, path):
+    """Keeps the last list and a deadline, but also keeps an empty answer: a restarted registry erases its copy."""
+    return _round_robin_until(client, registry_url, service, path, seconds=2.5, keep_empty=True)
+
+
 WRONG = [
+    ("q5.1", call_trusts_an_empty_list, ["the registry listed nobody while every instance was alive",
+                                         "keep only a non-empty list"]),
+    ("q5.1", call_forgets_the_list, ["the registry went down (connection refused) while every instance was alive",
+                                     "keep the last list the registry gave you"]),
+    ("q5.1", call_lookup_error_after_rounds, ["no instance answers at all", "it raised LookupError",
+                                              "expected TimeoutError"]),
+    ("q5.1", call_gives_up_early, ["before its 2.5 s deadline", "time.monotonic() + 2.5"]),
     ("q5.1", call_no_retry, ["one instance is down (connection refused) but still listed",
                              "the instance it picked (inv-2) was dead and it tried no other",
                              "ConnectionError (connection refused)", "try the next instance"]),

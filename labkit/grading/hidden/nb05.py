@@ -1,4 +1,16 @@
-"""Hidden tests for notebook 05 (discovery): q5.1 call_service, a client that survives dying instances."""
+"""Hidden tests for notebook 05 (discovery).
+
+q5.1 call_service: a client that survives dying instances and a registry that goes away. It
+must give every request a short timeout and the whole call a deadline of DEADLINE_S, try
+another instance when one fails, ask the registry again when all failed, keep the last list
+the registry gave and use it while the registry cannot be reached or lists nobody, spread the calls, and raise
+TimeoutError when the deadline passes with no answer.
+
+q5.2 keep_registered: an instance's heartbeat loop (register, renew every ttl_s / 3, register
+again on 404, survive an unreachable registry, deregister at the end).
+"""
+
+import time
 
 import requests
 
@@ -8,8 +20,12 @@ from labkit.grading.authoring import AnswerRaised, Fail, Question, describe_erro
 
 #: The service the registry lists, and the path every call asks for.
 SERVICE, PATH = "inventory", "/whoami"
-#: The longest one call may take (the answer aims at half a second per dead instance).
+#: The deadline the statement gives for one whole call, in seconds.
+DEADLINE_S = 2.5
+#: The longest one call may take: the deadline and a margin for a busy machine.
 CALL_S = 3.0
+#: A call that raises before this many seconds gave up before its deadline.
+EARLIEST_GIVE_UP_S = 2.0
 #: Seconds after the call starts when a replacement instance registers (test "every listed instance is dead").
 REPLACEMENT_AT_S = 0.3
 
@@ -35,6 +51,13 @@ _TIMEOUT = ("give each request a short timeout, such as timeout=0.5: then an ins
 _STATUS = ("an unhealthy instance answers 503: call response.raise_for_status() inside your try, so an error "
            "answer counts as a failure and you try another instance")
 _SPREAD = "spread the calls: start at a different instance each call (round robin, or at random)"
+_LAST_KNOWN = ("keep the last list the registry gave you (in a dict at module level, keyed by registry_url and "
+               "service); when the registry cannot be reached or answers with an error, call the instances of "
+               "that list: they may well be alive")
+_NON_EMPTY = ("keep only a non-empty list: a registry that lists nobody while instances answered a moment ago "
+              "has more likely restarted and lost its memory; call the instances of the last non-empty list")
+_DEADLINE = (f"give the whole call a deadline (time.monotonic() + {DEADLINE_S:g}): keep trying until it passes, "
+             f"then raise TimeoutError")
 
 
 def _label(name: str) -> str:
@@ -47,6 +70,9 @@ class _Setup:
     def __init__(self, run, count: int, ttl: float = 60, client_timeout=None):
         self.run = run
         self.registry = run.serve(create("registry"), "registry·check")
+        # the answer reaches the registry through a link, so a test can take the registry away
+        self.registry_link = Link(self.registry, seed=f"{run.seed}:registry", trace=run.trace)
+        run.on_close(self.registry_link.close)
         self.operator = run.client("operator", timeout=5)
         self.client = run.client("you", timeout=client_timeout)
         self.servers, self.links, self.ttl = {}, {}, ttl
@@ -76,7 +102,7 @@ class _Setup:
         """Call the answer once; return the label of the instance that answered, or raise Fail."""
         run, start = self.run, len(self.run.told)
         try:
-            call = run.call(self.client, self.registry.url, SERVICE, PATH)
+            call = run.call(self.client, self.registry_link.url, SERVICE, PATH)
         except AnswerRaised as raised:
             if isinstance(raised.error, NotImplementedError):
                 raise  # still the stub: "not attempted yet"
@@ -189,6 +215,58 @@ def _(run):
     setup.call(1, {"inv-3"}, dead={"inv-1", "inv-2"}, expect_resolve_again=True)
 
 
+def _registry_gone(setup, how: str, fault: str, calls: int) -> None:
+    """Three calls while all is well, then the registry goes (``fault`` on its link) and ``calls`` more."""
+    live = {"inv-1", "inv-2", "inv-3"}
+    for n in range(1, 4):
+        setup.call(n, live)
+    if fault == "down":
+        setup.registry_link.down = True
+    else:
+        setup.registry_link.drop = 1.0
+    for n in range(4, 4 + calls):
+        try:
+            setup.call(n, live)
+        except Fail as failure:
+            raise Fail(f"the registry {how} while every instance was alive: {failure.what}", _LAST_KNOWN) from None
+
+
+@q51.test("the registry goes down (connection refused); the instances stay up")
+def _(run):
+    _registry_gone(_Setup(run, 3), "went down (connection refused)", "down", 6)
+
+
+@q51.test("the registry loses every message; the instances stay up")
+def _(run):
+    _registry_gone(_Setup(run, 3), "lost every message", "drop", 3)
+
+
+@q51.test("no instance answers at all: the call raises TimeoutError at its deadline")
+def _(run):
+    setup = _Setup(run, 2)
+    for label in ("inv-1", "inv-2"):
+        setup.links[label].down = True
+    started = time.perf_counter()
+    try:
+        call = run.call(setup.client, setup.registry_link.url, SERVICE, PATH)
+    except AnswerRaised as raised:
+        seconds = time.perf_counter() - started
+        if isinstance(raised.error, NotImplementedError):
+            raise
+        if not isinstance(raised.error, TimeoutError):
+            raise Fail(f"with every instance dead it raised {describe_error(raised.error)}; expected TimeoutError",
+                       f"when the deadline passes with no answer, raise TimeoutError(f\"no instance of "
+                       f"{{service!r}} answered within {DEADLINE_S:g} s\")") from None
+        if seconds < EARLIEST_GIVE_UP_S:
+            raise Fail(f"it raised TimeoutError after {seconds:.1f} s, before its {DEADLINE_S:g} s deadline: "
+                       f"an instance may still register in that time", _DEADLINE) from None
+        if seconds > CALL_S:
+            raise Fail(f"it raised TimeoutError only after {seconds:.1f} s", _DEADLINE) from None
+        return
+    raise Fail(f"with every instance dead it returned {show(call.value)} instead of raising TimeoutError",
+               _DEADLINE)
+
+
 @q51.test("random connection resets on every instance (30%)", seeds=(1, 2, 3))
 def _(run):
     setup = _Setup(run, 3)
@@ -196,6 +274,22 @@ def _(run):
         link.reset = 0.3
     for n in range(1, 5):
         setup.call(n, {"inv-1", "inv-2", "inv-3"})
+
+
+@q51.test("the registry lists nobody (it restarted with an empty memory); the instances stay up")
+def _(run):
+    setup = _Setup(run, 3)
+    live = {"inv-1", "inv-2", "inv-3"}
+    for n in range(1, 4):
+        setup.call(n, live)
+    for label in sorted(live):
+        setup.deregister(label)  # what a registry restarted with an empty memory answers: nobody
+    for n in range(4, 7):
+        try:
+            setup.call(n, live)
+        except Fail as failure:
+            raise Fail(f"the registry listed nobody while every instance was alive: {failure.what}",
+                       _NON_EMPTY) from None
 
 
 # -- q5.2: an instance that keeps itself registered ------------------------------------------------
