@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 
 import pytest
 import requests
@@ -172,13 +173,100 @@ def test_one_thread_per_connection(lab):
     assert stats["max_in_flight"] >= 2 and stats["in_flight"] == 0
 
 
-def test_whoami_refuses_a_bad_work_ms(lab):
+@pytest.mark.parametrize("field", ["work_ms", "cpu_ms"])
+def test_whoami_refuses_a_bad_work_ms(lab, field):
     server = lab.serve(create("counter", work_ms=0), name="counter")
     client = lab.client("user", timeout=5)
-    assert client.get(server.url + "/whoami?work_ms=0").status_code == 200
+    assert client.get(server.url + f"/whoami?{field}=0").status_code == 200
     for bad in ("-1", "2001", "1.5", "abc", "", "١٢", "9" * 30):
-        answer = client.get(server.url + "/whoami", params={"work_ms": bad})
-        assert answer.status_code == 400 and "work_ms must be" in answer.json()["error"], bad
+        answer = client.get(server.url + "/whoami", params={field: bad})
+        assert answer.status_code == 400 and f"{field} must be" in answer.json()["error"], bad
+
+
+def test_whoami_computes_for_cpu_ms(lab):
+    server = lab.serve(create("counter", work_ms=0), name="counter")
+    client = lab.client("user", timeout=5)
+    started = time.process_time()
+    assert client.get(server.url + "/whoami", params={"cpu_ms": 50}).status_code == 200
+    assert time.process_time() - started >= 0.045   # the server's thread burnt this process's CPU
+
+
+# -- leases and fencing tokens ------------------------------------------------------------------
+
+
+def test_a_lease_is_one_holder_s_until_it_expires_and_every_grant_has_a_higher_token(lab):
+    server = lab.serve(create("counter", work_ms=0), name="locks")
+    client = lab.client("user", timeout=5)
+    url = server.url + "/leases/report"
+    assert client.get(url).status_code == 404
+    first = client.post(url, json={"holder": "a", "ttl_ms": 200})
+    assert first.status_code == 200 and first.json()["holder"] == "a"
+    refused = client.post(url, json={"holder": "b", "ttl_ms": 200})
+    assert refused.status_code == 409 and refused.json()["holder"] == "a" and "held by 'a'" in refused.json()["error"]
+    renewed = client.post(url, json={"holder": "a", "ttl_ms": 200})   # the holder renews: the same token
+    assert renewed.json()["token"] == first.json()["token"]
+    assert client.get(url).json()["holder"] == "a"
+    time.sleep(0.25)
+    assert client.get(url).status_code == 404                        # expired on its own
+    second = client.post(url, json={"holder": "b", "ttl_ms": 200})
+    assert second.status_code == 200 and second.json()["token"] > first.json()["token"]
+    other = client.post(server.url + "/leases/other", json={"holder": "a", "ttl_ms": 200})
+    assert other.json()["token"] > second.json()["token"]             # higher than any granted before
+    for bad in ({"holder": "a"}, {"holder": "a", "ttl_ms": 0}, {"holder": "a", "ttl_ms": 60_001},
+                {"holder": "x y", "ttl_ms": 10}, {"ttl_ms": 10}, {"holder": "a", "ttl_ms": True}):
+        answer = client.post(server.url + "/leases/third", json=bad)
+        assert answer.status_code == 400, bad
+    assert client.get(server.url + "/leases/third").status_code == 404
+
+
+def test_a_fenced_write_refuses_a_lower_token_and_a_blind_write_does_not(lab, db):
+    server = _serve(lab, db)
+    url = server.url + "/counters/hits/value"
+    client = lab.client("user", timeout=5)
+    assert client.put(url, json={"value": 5, "token": 2}).json() == {"name": "hits", "value": 5, "version": 1,
+                                                                     "token_seen": 2}
+    late = client.put(url, json={"value": 7, "token": 1})
+    assert late.status_code == 409 and "token 1 is older than token 2" in late.json()["error"]
+    assert _value(server) == 5
+    assert client.put(url, json={"value": 6, "token": 2}).status_code == 200   # the same holder writes again
+    assert client.put(url, json={"value": 8}).status_code == 200               # a blind write: nothing checks it
+    assert _value(server) == 8
+    assert client.put(server.url + "/counters/nope/value", json={"value": 1}).status_code == 404
+    for bad in ({"value": 1, "token": -1}, {"value": 1, "token": "3"}, {"token": 3}, {"value": 1.5}):
+        assert client.put(url, json=bad).status_code == 400, bad
+    assert _value(server) == 8
+
+
+def test_a_paused_lease_holder_writes_late_and_the_fencing_token_stops_it(lab, db):
+    store = _serve(lab, db, name="store")
+    requests.post(store.url + "/counters", json={"name": "report"}, timeout=10).raise_for_status()
+    bob = lab.client("bob", timeout=10)
+    with labkit.spawn("labkit.apps.counter:lease_holder", name="holder-a", lease_url=store.url) as holder:
+        for fenced in (False, True):
+            answer = {}
+            job = threading.Thread(target=lambda: answer.update(a=requests.post(
+                holder.url + "/job", json={"counter": "report", "value": 1, "ttl_ms": 200, "fenced": fenced,
+                                           "until_released": True}, timeout=30)))
+            job.start()
+            deadline = time.monotonic() + 10
+            while bob.get(store.url + "/leases/report").json().get("holder") != "holder-a":
+                assert time.monotonic() < deadline, "the holder never took the lease"
+                time.sleep(0.002)
+            holder.pause()                                  # SIGSTOP while it works, past its lease
+            assert requests.get(store.url + "/counters/report", timeout=10).json()["value"] == (0 if not fenced else 1)
+            time.sleep(0.4)
+            taken = bob.post(store.url + "/leases/report", json={"holder": "bob", "ttl_ms": 300})
+            assert taken.status_code == 200
+            written = {"value": 2, **({"token": taken.json()["token"]} if fenced else {})}
+            assert bob.put(store.url + "/counters/report/value", json=written).status_code == 200
+            holder.resume()
+            assert requests.post(holder.url + "/release", timeout=10).json() == {"released": True}
+            job.join(30)
+            late = answer["a"].json()
+            assert late["token"] < taken.json()["token"]
+            assert late["write_status"] == (409 if fenced else 200)
+            assert requests.get(store.url + "/counters/report", timeout=10).json()["value"] == (2 if fenced else 1)
+            time.sleep(0.35)                                # bob's lease expires before the next round
 
 
 def test_counter_names_follow_the_kit_s_rule(lab):
@@ -241,11 +329,12 @@ def test_options_must_be_sensible(option, value, tmp_path, monkeypatch):
 
 ENDPOINTS = [("GET", "/counters"), ("POST", "/counters"), ("GET", "/counters/{id}"), ("PUT", "/counters/{id}"),
              ("POST", "/counters/{id}/increment/{how}"), ("GET", "/whoami"), ("GET", "/stats"),
-             ("DELETE", "/counters/{id}")]
-bodies = malformed.bodies(["name", "value", "version"])
+             ("DELETE", "/counters/{id}"), ("PUT", "/counters/{id}/value"), ("POST", "/leases/{id}"),
+             ("GET", "/leases/{id}")]
+bodies = malformed.bodies(["name", "value", "version", "token", "holder", "ttl_ms"])
 ids = malformed.path_ids(["hits", "nope", "HITS", "a" * 64, "a" * 65, "x y", "é", "...", "-a"])
 hows = st.sampled_from(["unsafe", "locked", "transaction", "atomic", "fast", "ATOMIC", ""]) | st.text(max_size=8)
-queries = st.dictionaries(st.sampled_from(["work_ms", "ms", "name", "how"]),
+queries = st.dictionaries(st.sampled_from(["work_ms", "cpu_ms", "ms", "name", "how"]),
                           st.sampled_from(["", "-1", "1e3", "2001", "9" * 30, "abc", "١٢", "²", "true"]) | st.text(max_size=4), max_size=2)
 
 

@@ -12,7 +12,14 @@
                                           locked       the same inside a lock of this process
                                           transaction  read, pause, write inside one database transaction
                                           atomic       one statement: UPDATE ... SET value = value + 1
-    GET  /whoami?work_ms=N              {"thread": id of the thread serving this request}, after N ms
+    PUT  /counters/<name>/value         {"value": V} a blind write (whoever writes last wins), or
+                                        {"value": V, "token": T} a fenced write: refused with 409 if a
+                                        write with a higher token came first
+    POST /leases/<name>                 {"holder": "a", "ttl_ms": 300} -> the lease and its fencing
+                                        token (higher at every new grant), or 409 while another holds it
+    GET  /leases/<name>                 {"name", "holder", "token", "expires_in_ms"}, or 404 if nobody holds it
+    GET  /whoami?work_ms=N&cpu_ms=C     {"thread": id of the thread serving this request}, after N ms
+                                        of waiting and C ms of Python computing (holding the GIL)
     GET  /stats                         {"requests": served so far, "in_flight": now, "max_in_flight": peak}
 
 Every write adds one to the counter's ``version``. The work (``work_ms``) sits
@@ -24,6 +31,14 @@ transaction with ``BEGIN IMMEDIATE`` (one writer at a time, so the read and the 
 cannot interleave with another's); PostgreSQL's default READ COMMITTED lets two
 transactions read the same value and both write (a lost update), unless the read
 says ``SELECT ... FOR UPDATE``. ``atomic`` and the versioned ``PUT`` are correct on both.
+
+The leases are a small lock service (kept in this process's memory): a lease is granted
+for ``ttl_ms`` and expires on its own, so a holder that pauses longer than that no longer
+holds it, whatever it believes. Each grant carries a fencing token, a number higher than
+any granted before; the fenced write keeps the highest token it has seen for each counter
+and refuses a lower one, which stops the paused holder's late write (Kleppmann,
+*Designing Data-Intensive Applications*, ch. 8). :func:`lease_holder` is a client that takes
+a lease, works and writes, as a service of its own to spawn and pause.
 """
 
 from __future__ import annotations
@@ -37,6 +52,8 @@ import sqlalchemy
 from flask import Blueprint, abort, jsonify, request
 from sqlalchemy import text
 
+from .. import tracing
+from ..client import Client
 from ..db import Database
 from ..errors import Invalid
 from . import kit
@@ -58,8 +75,11 @@ _queues_lock = threading.Lock()
 _SCHEMA = """CREATE TABLE IF NOT EXISTS counters (
     name VARCHAR(64) PRIMARY KEY,
     value BIGINT NOT NULL,
-    version BIGINT NOT NULL
+    version BIGINT NOT NULL,
+    fence BIGINT NOT NULL DEFAULT 0
 )"""
+#: The longest lease a holder may ask for, in milliseconds.
+MAX_TTL_MS = 60_000
 
 
 @contextlib.contextmanager
@@ -82,6 +102,9 @@ class Counters:
         self._lock = threading.Lock()   # the "locked" increment's lock: each app (each replica) has its own
         self._stats_lock = threading.Lock()
         self.stats = {"requests": 0, "in_flight": 0, "max_in_flight": 0}
+        self._leases: dict[str, tuple[str, int, float]] = {}  # name -> (holder, token, expires at)
+        self._last_token = 0
+        self._leases_lock = threading.Lock()
         with _transaction(self.engine) as tx:
             tx.execute(text(_SCHEMA))
 
@@ -136,6 +159,46 @@ class Counters:
                 text("UPDATE counters SET value = :value, version = version + 1 WHERE name = :name AND version = :version"),
                 {"name": name, "value": value, "version": version}).rowcount
             return bool(written), self._read(tx, name)
+
+    def write(self, name: str, value: int, token: int | None):
+        """(written, the row now): a blind write if ``token`` is None, else only if no higher token wrote first."""
+        with _transaction(self.engine) as tx:
+            if token is None:
+                written = tx.execute(text("UPDATE counters SET value = :value, version = version + 1 WHERE name = :name"),
+                                     {"name": name, "value": value}).rowcount
+            else:  # one statement checks the token and writes: no other write can come between
+                written = tx.execute(
+                    text("UPDATE counters SET value = :value, version = version + 1, fence = :token "
+                         "WHERE name = :name AND fence <= :token"),
+                    {"name": name, "value": value, "token": token}).rowcount
+            row = tx.execute(text("SELECT value, version, fence FROM counters WHERE name = :name"),
+                             {"name": name}).first()
+        return bool(written), row
+
+    def lease(self, name: str, holder: str, ttl_s: float) -> tuple[bool, str, int, float]:
+        """(granted, holder, token, seconds left): a new lease (a new token) if it is free or expired,
+        the same lease extended if ``holder`` holds it, else the current holder's."""
+        now = time.monotonic()
+        with self._leases_lock:
+            current = self._leases.get(name)
+            if current is not None and current[2] > now and current[0] != holder:
+                return False, current[0], current[1], current[2] - now
+            if current is not None and current[2] > now:
+                token = current[1]  # the holder renews: same lease, same token
+            else:
+                self._last_token += 1
+                token = self._last_token
+            self._leases[name] = (holder, token, now + ttl_s)
+            return True, holder, token, ttl_s
+
+    def holder(self, name: str) -> tuple[str, int, float] | None:
+        """(holder, token, seconds left) of the lease ``name``, or None if nobody holds it now."""
+        now = time.monotonic()
+        with self._leases_lock:
+            current = self._leases.get(name)
+        if current is None or current[2] <= now:
+            return None
+        return current[0], current[1], current[2] - now
 
     def increment(self, name: str, how: str):
         """Add one the way ``how`` says; the (value, version) written, or None if there is no such counter."""
@@ -224,6 +287,47 @@ def put_counter(name):
     return _counter(name, row)
 
 
+@routes.put("/counters/<name>/value")
+def write_value(name):
+    kit.name(name, "a counter's name")
+    body = kit.body('{"value": 5} or, fenced, {"value": 5, "token": 3}')
+    value = kit.whole(body.get("value"), "value", -MAX_VALUE, MAX_VALUE)
+    token = body.get("token")
+    if token is not None:
+        token = kit.whole(token, "token (the lease's fencing token)", 0, MAX_VALUE)
+    written, row = kit.state().write(name, value, token)
+    if row is None:
+        abort(404, f'no counter {name!r}; create it first with POST /counters and JSON {{"name": {name!r}}}')
+    if not written:
+        return jsonify(error=f"token {token} is older than token {row[2]}, which wrote {name!r} already: "
+                             f"your lease has expired; take the lease again before you write",
+                       name=name, value=row[0], version=row[1], token_seen=row[2]), 409
+    return {"name": name, "value": row[0], "version": row[1], "token_seen": row[2]}
+
+
+@routes.post("/leases/<name>")
+def take_lease(name):
+    kit.name(name, "a lease's name")
+    body = kit.body('{"holder": "a", "ttl_ms": 300}')
+    holder = kit.name(body.get("holder"), "holder")
+    ttl_s = kit.positive(body.get("ttl_ms"), "ttl_ms", MAX_TTL_MS, unit="milliseconds") / 1000
+    granted, who, token, left_s = kit.state().lease(name, holder, ttl_s)
+    if not granted:
+        return jsonify(error=f"the lease {name!r} is held by {who!r} for {left_s * 1000:.0f} ms more; try later",
+                       name=name, holder=who, expires_in_ms=round(left_s * 1000)), 409
+    return {"name": name, "holder": who, "token": token, "ttl_ms": round(left_s * 1000)}
+
+
+@routes.get("/leases/<name>")
+def read_lease(name):
+    kit.name(name, "a lease's name")
+    held = kit.state().holder(name)
+    if held is None:
+        abort(404, f"nobody holds the lease {name!r} now; POST /leases/{name} takes it")
+    who, token, left_s = held
+    return {"name": name, "holder": who, "token": token, "expires_in_ms": round(left_s * 1000)}
+
+
 @routes.post("/counters/<name>/increment/<how>")
 def increment(name, how):
     kit.name(name, "a counter's name")
@@ -234,11 +338,19 @@ def increment(name, how):
 
 @routes.get("/whoami")
 def whoami():
-    work_ms = request.args.get("work_ms", "0")
-    if not (work_ms.isascii() and work_ms.isdigit()) or int(work_ms) > MAX_WORK_MS:
-        raise Invalid(f"work_ms must be a whole number of milliseconds from 0 to {MAX_WORK_MS}, not {work_ms!r:.40}")
-    time.sleep(int(work_ms) / 1000)
+    work_ms, cpu_ms = (_milliseconds(field) for field in ("work_ms", "cpu_ms"))
+    time.sleep(work_ms / 1000)
+    deadline = time.thread_time() + cpu_ms / 1000  # this thread's own CPU time: Python code, the GIL held
+    while time.thread_time() < deadline:
+        pass
     return {"thread": threading.get_ident()}
+
+
+def _milliseconds(field: str) -> int:
+    value = request.args.get(field, "0")
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_WORK_MS:
+        raise Invalid(f"{field} must be a whole number of milliseconds from 0 to {MAX_WORK_MS}, not {value!r:.40}")
+    return int(value)
 
 
 @routes.get("/stats")
@@ -263,3 +375,70 @@ def create_app(*, name: str = "counter", database: Database | str | None = None,
     if owned:
         atexit.register(db.close)
     return app
+
+
+# -- a lease holder, to run as a process of its own ---------------------------------------------
+
+holder_routes = Blueprint("holder", __name__)
+
+
+#: How long a job started with ``until_released`` waits for POST /release before it gives up.
+RELEASE_TIMEOUT_S = 30
+
+
+@holder_routes.post("/job")
+def job():
+    """Take the lease named ``counter``, work ``work_ms``, then write ``value`` to that counter (fenced or not).
+
+    With ``"until_released": true`` the work lasts until POST /release instead (at most 30 s;
+    without a release it answers 504 and writes nothing), so that an experiment, not a
+    timer, decides when the holder writes.
+    """
+    settings = kit.state()
+    body = kit.body('{"counter": "report", "value": 1, "work_ms": 300, "ttl_ms": 200, "fenced": true}')
+    counter = kit.name(body.get("counter"), "counter")
+    value = kit.whole(body.get("value"), "value", -MAX_VALUE, MAX_VALUE)
+    work_s = kit.number(body.get("work_ms", 0), "work_ms", 0, MAX_WORK_MS, unit="milliseconds") / 1000
+    ttl_ms = kit.positive(body.get("ttl_ms", 1000), "ttl_ms", MAX_TTL_MS, unit="milliseconds")
+    fenced = kit.flag(body.get("fenced", True), "fenced")
+    until_released = kit.flag(body.get("until_released", False), "until_released")
+    serving = tracing.current()
+    me = serving.node if serving is not None else settings["name"]  # the name it is served (or spawned) under
+    released = settings["released"]
+    if until_released:
+        released.clear()  # a release sent before this job does not count
+    with Client(me, timeout=10) as client:
+        taken = client.post(f"{settings['lease_url']}/leases/{counter}", json={"holder": me, "ttl_ms": ttl_ms})
+        if taken.status_code != 200:
+            return jsonify(error="no lease: " + taken.json().get("error", str(taken.status_code))), 409
+        token = taken.json()["token"]
+        if until_released:  # the work; a pause here (a GC, a SIGSTOP) can outlast the lease
+            if not released.wait(RELEASE_TIMEOUT_S):
+                return jsonify(error=f"nobody sent POST /release within {RELEASE_TIMEOUT_S} s; nothing written",
+                               token=token), 504
+            released.clear()
+        else:
+            time.sleep(work_s)  # the work; a pause here (a GC, a SIGSTOP) can outlast the lease
+        write = {"value": value, **({"token": token} if fenced else {})}
+        written = client.put(f"{settings['store_url']}/counters/{counter}/value", json=write)
+    return {"token": token, "write_status": written.status_code, "write": written.json()}
+
+
+@holder_routes.post("/release")
+def release():
+    """End the work of a job started with ``until_released``: it goes on to write."""
+    kit.state()["released"].set()
+    return {"released": True}
+
+
+def lease_holder(*, name: str = "holder", lease_url: str, store_url: str | None = None):
+    """A client that takes a lease from ``lease_url`` and writes to ``store_url`` (default: the same) on POST /job
+    (and, for a job started with ``until_released``, writes when POST /release arrives).
+
+    It holds the lease, and calls, under the name it is served as (a spawned holder: its spawn name).
+
+        >>> labkit.spawn("labkit.apps.counter:lease_holder", name="holder-a", lease_url=locks.url)  # doctest: +SKIP
+    """
+    settings = {"name": kit.name(name, "name"), "lease_url": kit.url(lease_url, "lease_url"),
+                "store_url": kit.url(store_url or lease_url, "store_url"), "released": threading.Event()}
+    return kit.make_app(name, settings, holder_routes)

@@ -1,8 +1,12 @@
 """Answers to notebook 08: wrong answers with the words their verdict must hold."""
 
+import random
 import threading
+import time
 
 from sqlalchemy import text
+
+from .solutions import solution
 
 
 _READ = text("SELECT value FROM counters WHERE name = :name")
@@ -82,6 +86,38 @@ def increment_retries_stale_version(client, url):
             return response.json()["value"]
 
 
+def increment_retries_forever(client, url):
+    """Retries on 409 with no bound and no pause: under contention it never stops, and hammers the service."""
+    while True:
+        counter = client.get(url).json()
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            response.raise_for_status()
+            return response.json()["value"]
+
+
+def increment_bounded_without_pause(client, url):
+    """Bounded, but it retries at once: clients that conflicted together conflict again together."""
+    for _ in range(20):
+        counter = client.get(url).json()
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            return response.json()["value"]
+    raise RuntimeError("gave up after 20 conflicts")
+
+
+def increment_bounded_raises_http_error(client, url):
+    """Pauses and gives up after 20 PUTs, but raises the 409 as an HTTPError, not the RuntimeError asked for."""
+    for attempt in range(1, 21):
+        counter = client.get(url).json()
+        response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
+        if response.status_code != 409:
+            return response.json()["value"]
+        if attempt < 20:
+            time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** attempt)))
+    response.raise_for_status()
+
+
 def increment_ignores_conflict(client, url):
     counter = client.get(url).json()
     client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
@@ -93,12 +129,7 @@ _big_lock = threading.Lock()
 
 def increment_under_global_lock(client, url):
     with _big_lock:  # correct here, but it serialises every caller and protects nothing across processes
-        counter = client.get(url).json()
-        while True:
-            response = client.put(url, json={"value": counter["value"] + 1, "version": counter["version"]})
-            if response.status_code != 409:
-                return response.json()["value"]
-            counter = client.get(url).json()
+        return solution("q8.2")(client, url)
 
 
 def increment_returns_version(client, url):
@@ -122,7 +153,12 @@ WRONG = [
     ("q8.2", increment_read_modify_write, ["another client wins the race twice", "did not try again",
                                            "expected 2", "read the counter again and retry"]),
     ("q8.2", increment_gives_up_after_one_conflict, ["your first two PUTs got 409 Conflict", "expected 3",
-                                                     "as many times as it takes"]),
+                                                     "in a loop of up to 20 PUTs"]),
+    ("q8.2", increment_retries_forever, ["another client writes first 40 times", "kept trying: 41 PUTs",
+                                         "it must give up after 20", "raise RuntimeError"]),
+    ("q8.2", increment_bounded_without_pause, ["retried almost at once", "pause random.uniform(0, min(0.2"]),
+    ("q8.2", increment_bounded_raises_http_error, ["gave up after 20 PUTs, but raised HTTPError",
+                                                   "not a RuntimeError"]),
     ("q8.2", increment_retries_stale_version, ["stopped after 12 s", "read the counter again (GET) for its current version"]),
     ("q8.2", increment_ignores_conflict, ["did not try again", "your increment was lost", "read the counter again and retry"]),
     ("q8.2", increment_under_global_lock, ["20 increments from 4 threads through a link with 5 ms latency (seed 1)",

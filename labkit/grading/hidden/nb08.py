@@ -1,21 +1,29 @@
 """Hidden tests for notebook 08 (concurrency): q8.1 add_one, q8.2 increment_with_version.
 
 q8.1: the answer runs inside a real service whose threads call it at once, on SQLite
-in its default mode (BEGIN DEFERRED): like PostgreSQL's READ COMMITTED, it lets two
-transactions read the same row at the same time, so only a truly atomic increment
-passes. The database is slowed a little after every transaction, as a busy network
-would, so that an unprotected read-then-write loses updates every time, not by luck.
+in its default mode (BEGIN DEFERRED): a transaction takes no lock until it writes, so
+two transactions can read the same row at the same time. What happens next is not
+PostgreSQL's: SQLite's transactions are serializable, so when both then write, SQLite
+refuses one ("database is locked", an error the answer raises), where PostgreSQL's
+READ COMMITTED would let the second write overwrite the first (a lost update) and
+MySQL's REPEATABLE READ too. Either way a read-then-write answer fails here: with an
+error raised, or with updates lost when it reads and writes in separate transactions.
+The database is slowed a little after every transaction (a connection going back to
+the pool waits 3 ms), which widens the windows, so an unprotected read-then-write
+fails in every run, not by luck. Only a single atomic UPDATE passes.
 
 q8.2: the answer is hammered by many threads at once, each with its own client,
 against the counter service; one test makes another client win the race on purpose,
 twice in a row, so an answer that gives up or retries with a stale version fails
-every time.
+every time; another makes the rival win the first 40 PUTs, so an answer that never
+gives up (or gives up without pausing between attempts) fails every time.
 """
 
 import os
 import shutil
 import tempfile
 import threading
+import time
 
 import sqlalchemy
 from flask import Flask, jsonify
@@ -23,7 +31,7 @@ from sqlalchemy import text
 
 from labkit.apps import create
 from labkit.db import Database
-from labkit.grading.authoring import Fail, Question, describe_error, show
+from labkit.grading.authoring import AnswerRaised, Fail, Question, describe_error, show
 
 # -- q8.1: an increment that cannot lose updates ----------------------------------------------
 
@@ -176,14 +184,21 @@ def _(run):
 q82 = Question(
     "q8.2", "increment_with_version", params=("client", "url"),
     hint=("read the counter (GET url), PUT url with JSON {\"value\": value + 1, \"version\": version}, "
-          "and on 409 Conflict read it again and retry, until the PUT succeeds"),
+          "and on 409 Conflict pause (full jitter), read it again and retry; after 20 PUTs that got 409, "
+          "raise RuntimeError"),
     hang_hint=("after a 409 Conflict, read the counter again (GET) for its current version before you retry: "
                "a retry with the old version conflicts forever"),
     time_limit=12,
 )
 
-_RETRY = ("a 409 means another client wrote first: read the counter again and retry, as many times as it takes "
-          "(a loop, not a single second try)")
+#: PUTs an answer makes before it gives up (every one of them answered 409).
+ATTEMPTS = 20
+#: The least the pauses before an answer's retries may add up to, in seconds, over ATTEMPTS attempts.
+LEAST_PAUSES_S = 0.200
+_RETRY = ("a 409 means another client wrote first: pause, read the counter again and retry, in a loop of up to "
+          f"{ATTEMPTS} PUTs (not a single second try)")
+_BOUNDED = (f"retry in a loop of at most {ATTEMPTS} PUTs: before retry n pause random.uniform(0, min(0.2, 0.005 * 2**n)) "
+            f"seconds, and after the {ATTEMPTS}th 409 raise RuntimeError (no PUT more)")
 _RETURN = 'return the new value: response.json()["value"] of the PUT that succeeded'
 #: Calls from this many threads at once; each thread has its own client (its own connection).
 THREADS = 4
@@ -210,17 +225,29 @@ class _RivalWins:
 
     def __init__(self, app, puts):
         self.app, self.puts, self.seen = app, set(puts), 0
+        self.requests: list[tuple[str, float, float]] = []  # (method, arrived, answered), perf_counter seconds
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") == "PUT":
+        arrived = time.perf_counter()
+        method = environ.get("REQUEST_METHOD")
+        if method == "PUT":
             with self._lock:
                 self.seen += 1
                 rival = self.seen in self.puts
             if rival:
                 with self.app.extensions["labkit"].engine.begin() as tx:
                     tx.execute(text("UPDATE counters SET value = value + 1, version = version + 1 WHERE name = 'hits'"))
-        return self.app(environ, start_response)
+        answer = self.app(environ, start_response)
+        with self._lock:
+            self.requests.append((method, arrived, time.perf_counter()))
+        return answer
+
+    def pauses(self) -> list[float]:
+        """Seconds from each PUT's answer to the next request: the pause before a retry."""
+        with self._lock:
+            seen = sorted(self.requests, key=lambda r: r[1])
+        return [later[1] - put[2] for put, later in zip(seen, seen[1:]) if put[0] == "PUT"]
 
 
 def _hammer(run, url: str, times: int, threads: int = THREADS):
@@ -258,6 +285,30 @@ def _(run):
         raise Fail(f"{what}; {lost}: expected {rivals + 1} (the rival's {rivals} and yours)", _RETRY)
     if call.value != final:
         raise Fail(f"the counter is right ({final}), but your answer returned {show(call.value)}", _RETURN)
+
+
+@q82.test(f"another client writes first 40 times: give up after {ATTEMPTS} PUTs")
+def _(run):
+    app = _counter(run)
+    wins = _RivalWins(app, puts=range(1, 41))
+    server = run.serve(wins, "counter·rival")
+    try:
+        call = run.call(run.client(), server.url + "/counters/hits")
+    except AnswerRaised as raised:
+        error = raised.error
+    else:
+        raise Fail(f"another client wrote first {min(wins.seen, 40)} times, and your answer kept trying: "
+                   f"{wins.seen} PUTs, then it returned {show(call.value)}; it must give up after {ATTEMPTS}",
+                   _BOUNDED)
+    if wins.seen != ATTEMPTS:
+        raise Fail(f"your answer gave up after {wins.seen} PUT{'s' if wins.seen != 1 else ''}, not {ATTEMPTS}", _BOUNDED)
+    if not isinstance(error, RuntimeError):
+        raise Fail(f"your answer gave up after {ATTEMPTS} PUTs, but raised {describe_error(error)}, "
+                   f"not a RuntimeError", _BOUNDED)
+    paused = sum(wins.pauses())
+    if paused < LEAST_PAUSES_S:
+        raise Fail(f"your answer retried almost at once: its pauses before the {ATTEMPTS - 1} retries add up to "
+                   f"{paused * 1000:.0f} ms, under {LEAST_PAUSES_S * 1000:.0f} ms", _BOUNDED)
 
 
 @q82.test("60 increments from 4 threads at once")
