@@ -235,9 +235,15 @@ PANELS: dict[str, Panel] = {
     # 04
     "04_microservices": Panel("Checkouts per second", "payment latency ms", 5, "checkouts/s", "down"),
     # 05
+    "05_discovery": Panel("A fast-failing instance: sinkhole and ejection", "policy", "least outstanding", "failed %", "up"),
     # 06
+    "06_authentication": Panel("Token expiry and clock skew", "skew s", 5, "first accepted s", "up"),
     # 07
+    "07_error_handling": Panel("A slow dependency and a thread pool", "dependency ms", -8, "fee median ms", "down"),
     # 08
+    "08_concurrency": Panel("Throughput against concurrency", "latency ms", 5, "W ms", "up"),
+    # 09
+    "09_comparing_styles": Panel("One style, one fault", "style", "peer-to-peer", "answered %", "up"),
 }
 
 

@@ -41,6 +41,12 @@ broker_relay_latency_ratio a relayed job's p50 against a direct one (1 ms per li
 checkout_{8,64}_vs_1_{sqlite,postgresql}
                            checkouts/s with 8 and 64 concurrent buyers against 1, on one
                            database (PostgreSQL where LABKIT_TEST_POSTGRES_URL names one)
+styles_crash_answered_{client_server,peer_to_peer,broker,services}
+                           notebook 09: the share of requests answered while each variant's weak
+                           node (the server, one peer, the broker, the writing service) is killed
+styles_throughput_2_vs_1_{client_server,peer_to_peer,broker,services}
+                           notebook 09: requests answered per second with 2 nodes holding data
+                           against 1, every process on the same machine
 lookup_overhead_ratio      a call that asks the registry first (GET /services/S, then the
                            instance) against a call to an instance already known
 failover_extra_ms          what a call pays when its first pick refuses the connection and

@@ -1,4 +1,5 @@
-"""Figures of the architecture notebooks' services: gossip among peers, a broker, checkout on one database."""
+"""Figures of the architecture notebooks' services: gossip among peers, a broker, checkout on one database,
+and notebook 09's four styles of one key-value store side by side."""
 
 from __future__ import annotations
 
@@ -202,3 +203,245 @@ def bench_checkout(plan: Plan, keys: set) -> dict:
     for key in keys - set(results):
         results[key] = not_measured(key, "no PostgreSQL server: set LABKIT_TEST_POSTGRES_URL")
     return results
+
+
+# -- notebook 09: the four styles side by side ---------------------------------------------------
+
+#: The four variants of notebook 09's key-value store, in its order, as metric suffixes.
+STYLES = ("client_server", "peer_to_peer", "broker", "services")
+
+
+def _spawn_peer(name: str, log):
+    import labkit
+
+    os.environ["LABKIT_PEER_NAME"] = name  # peer.py reads its own name from the environment
+    try:
+        return labkit.spawn("peer", name=name, trace=log, timeout_s=0.3)
+    finally:
+        del os.environ["LABKIT_PEER_NAME"]
+
+
+def _shard(key: str, count: int) -> int:
+    return sum(key.encode()) % count + 1
+
+
+class _Variant:
+    """Notebook 09's variants, compactly: nodes (spawned processes), where a request goes, the weak node."""
+
+    def __init__(self, style: str, log, folder: str, stack):
+        import labkit
+
+        self.style, self.log, self.size, self.stack = style, log, 1, stack
+        spawn = self._spawn
+        if style == "client_server":
+            self.nodes, self.weak = {"cs-1": spawn("kv", "bench-cs-1")}, "cs-1"
+        elif style == "peer_to_peer":
+            self.nodes = {f"peer-{n}": _spawn_peer(f"bench-peer-{n}", log) for n in (1, 2, 3)}
+            self.weak, self.size = "peer-1", 3
+            for name in self.nodes:
+                self.join(name)
+        elif style == "broker":
+            self.secrets = {f"bench-store-{n}": f"secret-{n}" for n in (1, 2)}
+            self.nodes = {"broker": spawn("broker", "bench-broker", ttl_s=3600, secrets=self.secrets),
+                          "store-1": spawn("kv", "bench-store-1")}
+            self.weak = "broker"
+            self.register()
+        else:
+            self.database = "sqlite:///" + os.path.join(folder, "kv.sqlite3")
+            self.nodes = {f"{f}-1": spawn("kv", f"bench-{f}-1", database=self.database, serves=f)
+                          for f in ("reads", "writes")}
+            self.weak = "writes-1"
+        self.links = {name: stack.enter_context(labkit.Link(node, trace=log)) for name, node in self.nodes.items()}
+
+    def _spawn(self, service, name, **options):
+        import labkit
+
+        node = labkit.spawn(service, name=name, trace=self.log, **options)
+        self.stack.callback(node.stop)
+        return node
+
+    def join(self, name: str) -> None:
+        import labkit
+
+        node = self.nodes[name]
+        with labkit.Client("bench-operator", trace=self.log) as operator:
+            operator.post(node.url + "/bootstrap", json={"peers": [n.url for o, n in self.nodes.items() if o != name],
+                                                         "address": node.url})
+            operator.post(node.url + "/gossip/auto", json={"every_s": 0.1})
+
+    def quiet(self, quiet: bool) -> None:
+        import labkit
+
+        if self.style == "peer_to_peer":
+            with labkit.Client("bench-operator", trace=self.log) as operator:
+                for node in self.nodes.values():
+                    operator.post(node.url + "/gossip/auto", json={"every_s": 0 if quiet else 0.1})
+
+    def register(self) -> None:
+        import labkit
+
+        with labkit.Client("bench-operator", trace=self.log) as operator:
+            for name, node in self.nodes.items():
+                if name.startswith("store"):
+                    operator.post(self.nodes["broker"].url + "/register", json={
+                        "name": node.name, "kind": "kv", "url": node.url, "secret": self.secrets[node.name]})
+
+    def grow(self) -> None:
+        import labkit
+
+        if self.style == "client_server":
+            self.nodes["cs-2"] = self._spawn("kv", "bench-cs-2")
+        elif self.style == "broker":
+            self.nodes["store-2"] = self._spawn("kv", "bench-store-2")
+            self.register()
+        elif self.style == "services":
+            for feature in ("reads", "writes"):
+                self.nodes[f"{feature}-2"] = self._spawn("kv", f"bench-{feature}-2", database=self.database,
+                                                         serves=feature)
+        for name, node in self.nodes.items():
+            if name not in self.links and self.style != "broker":
+                self.links[name] = self.stack.enter_context(labkit.Link(node, trace=self.log))
+
+    def route(self, user: int, method: str, key: str) -> str:
+        if self.style == "client_server":
+            return f"{self.links[f'cs-{_shard(key, self.size)}'].url}/kv/{key}"
+        if self.style == "peer_to_peer":
+            return f"{self.links[f'peer-{user % self.size + 1}'].url}/kv/{key}"
+        if self.style == "broker":
+            return f"{self.links['broker'].url}/relay/bench-store-{_shard(key, self.size)}/kv/{key}"
+        feature = "reads" if method == "GET" else "writes"
+        return f"{self.links[f'{feature}-{user % self.size + 1}'].url}/kv/{key}"
+
+    def crash(self) -> None:
+        self.nodes[self.weak].kill()
+
+    def repair(self) -> None:
+        node = self.nodes[self.weak]
+        if self.style == "peer_to_peer":
+            os.environ["LABKIT_PEER_NAME"] = node.name
+            try:
+                node.restart()
+            finally:
+                del os.environ["LABKIT_PEER_NAME"]
+            self.join(self.weak)
+        else:
+            node.restart()
+            if self.style == "broker":
+                self.register()
+
+
+def _never_written(response) -> bool:
+    """The store's own 404 ("no key ..."), not a broker's "no live peer named ..." (notebook 09's judge)."""
+    try:
+        return response.status_code == 404 and response.json().get("error", "").startswith("no key")
+    except ValueError:  # not JSON
+        return False
+
+
+def _load(variant: _Variant, schedule, users: int, think_s: float) -> tuple[list, dict]:
+    """Notebook 09's users: each writes its own keys and reads another's; (answered, started s) per
+    request, and when each event of the schedule began."""
+    import threading
+
+    import requests
+
+    import labkit
+
+    outcomes, stop, edges = [], threading.Event(), {}
+    start = time.perf_counter()
+
+    def user(number: int) -> None:
+        with labkit.Client(f"bench-user-{number}", timeout=0.5, trace=variant.log) as client:
+            for turn in itertools.count():
+                for method, key in (("PUT", f"u{number}-{turn % 12}"), ("GET", f"u{(number + 1) % users}-{turn % 12}")):
+                    if stop.is_set():
+                        return
+                    began, answered = time.perf_counter() - start, False
+                    try:
+                        if method == "PUT":
+                            answered = client.put(variant.route(number, method, key), json={"value": turn}).ok
+                        else:
+                            response = client.get(variant.route(number, method, key))
+                            answered = response.status_code == 200 or _never_written(response)
+                    except requests.RequestException:
+                        pass
+                    outcomes.append((began, answered))
+                    if think_s:
+                        time.sleep(think_s)
+
+    threads = [threading.Thread(target=user, args=(n,), name=f"bench-user-{n}") for n in range(users)]
+    for thread in threads:
+        thread.start()
+    try:
+        for event, seconds in schedule:
+            edges[event] = time.perf_counter() - start
+            getattr(variant, event, lambda: None)()
+            time.sleep(seconds)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    edges["end"] = time.perf_counter() - start
+    return outcomes, edges
+
+
+@measures(*((f"styles_crash_answered_{s}", op, limit, "share") for s, op, limit in (
+    ("client_server", "<=", 0.2), ("peer_to_peer", ">=", 0.5), ("broker", "<=", 0.2), ("services", ">=", 0.3))),
+    *((f"styles_throughput_2_vs_1_{s}", ">=", 0.8, "x") for s in STYLES))
+def bench_styles(plan: Plan, keys: set) -> dict:
+    """Notebook 09's four variants of one key-value store: the share of requests answered while the weak
+    node is crashed, and the requests answered per second with 2 nodes holding data against 1.
+
+    Each variant's nodes are spawned processes behind labkit Links, as in the notebook: client-server
+    (one in-memory server; a second holds half the keys), peer-to-peer (three peers gossiping every
+    0.1 s, each user at its own peer; throughput with the users on 1 or 2 peers), a broker relaying to
+    a store (a second store holds half the keys) and services (a reading and a writing service on one
+    SQLite file; a second copy of each). The crash: 3 users, 20 ms between requests, a 0.5 s timeout,
+    1 s steady, then SIGKILL of the weak node (the server, one peer, the broker, the writing service)
+    for 1.5 s. Throughput: 4 users back to back, 1 and 2 nodes in alternating rounds (medians). The
+    machine's cores are shared by the users and every node, so a second node adds no processor:
+    the ratio says what a node costs here, not what it is worth on a machine of its own.
+    """
+    import shutil
+    import tempfile
+
+    import labkit
+
+    results = {}
+    log = labkit.Trace(max_events=100_000)
+    with contextlib.ExitStack() as stack:
+        folder = tempfile.mkdtemp(prefix="labkit-bench-09-")
+        stack.callback(shutil.rmtree, folder, True)
+        variants = {style: _Variant(style, log, folder, stack) for style in STYLES}
+        crash_s, steady_s = plan(1.5, 1.0), plan(1.0, 0.5)
+        for style, variant in variants.items():
+            for other in variants.values():
+                other.quiet(other is not variant)
+            outcomes, edges = _load(variant, (("steady", steady_s), ("crash", crash_s), ("repair", 0.2)), 3, 0.02)
+            during = [answered for began, answered in outcomes if edges["crash"] <= began < edges["repair"]]
+            share = sum(during) / max(len(during), 1)
+            results[f"styles_crash_answered_{style}"] = entry(
+                f"styles_crash_answered_{style}", share, None,
+                f"share of {len(during)} requests answered while the weak node ({variant.weak}) was killed, "
+                f"3 users; before the crash {sum(a for b, a in outcomes if b < edges['crash'])} of "
+                f"{sum(1 for b, _ in outcomes if b < edges['crash'])} answered")
+        for variant in variants.values():
+            variant.grow()
+        rates = {style: {1: [], 2: []} for style in STYLES}
+        seconds = plan(1.5, 0.8)
+        for round_ in range(plan(4, 2)):
+            for size in ((1, 2) if round_ % 2 == 0 else (2, 1)):
+                for style, variant in variants.items():
+                    for other in variants.values():
+                        other.quiet(other is not variant)
+                    variant.size = size
+                    outcomes, edges = _load(variant, (("steady", seconds),), 4, 0.0)
+                    rates[style][size].append(sum(a for _, a in outcomes) / edges["end"])
+        for style in STYLES:
+            one, two = median(rates[style][1]), median(rates[style][2])
+            results[f"styles_throughput_2_vs_1_{style}"] = entry(
+                f"styles_throughput_2_vs_1_{style}", two / one, one,
+                f"{two:.0f} requests/s with 2 nodes vs {one:.0f}/s with 1 (medians of {len(rates[style][1])} "
+                f"alternating rounds, 4 users back to back, every process on this machine's "
+                f"{os.cpu_count()} cores); baseline = requests/s with 1 node")
+    return {key: value for key, value in results.items() if key in keys}
