@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from . import tracing
 from .errors import ServerError
@@ -165,10 +166,16 @@ class Process:
             self.state = "killed"
 
     def pause(self) -> None:
-        """SIGSTOP: the process is alive but runs nothing; connections open, nothing answers."""
+        """SIGSTOP: the process is alive but runs nothing; connections open, nothing answers.
+
+        Returns once the process is stopped (Linux: its state in /proc says so).
+        """
         with self._lock:
             self._signal(signal.SIGSTOP, "pause")
             self.state = "paused"
+            deadline = time.monotonic() + 2
+            while _process_state(self._popen.pid) not in ("T", "") and time.monotonic() < deadline:
+                time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT: a paused process runs again and answers what waited."""
@@ -260,6 +267,15 @@ def spawn(service: str, name: str | None = None, *, trace: tracing.Trace | None 
         with _children_lock:
             _children.pop(name, None)
         raise
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state of process ``pid`` from /proc ("T": stopped), or "" where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 # -- other programs: etcd, PostgreSQL ------------------------------------------------------------
