@@ -184,8 +184,10 @@ def test_a_signal_stops_it_cleanly_and_answers_a_long_poll_at_once(signum):
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), answer
         assert json.loads(body) == {"messages": []}
-        assert answered < 3, f"the long poll was answered {answered:.1f} s after the signal, not at once"
-        assert exited < 4, f"the process took {exited:.1f} s to exit"
+        # "At once" against the 30 s the poll would wait: bounds far from both, since a loaded
+        # machine (the whole suite on two cores) can take seconds to tear an interpreter down.
+        assert answered < 10, f"the long poll was answered {answered:.1f} s after the signal, not at once"
+        assert exited < 15, f"the process took {exited:.1f} s to exit"
         assert process.returncode == 0, err
         assert (out, err) == ("stopped\n", "")
     finally:
