@@ -113,10 +113,7 @@ def bench_round_trip(plan: Plan, keys: set) -> dict:
                     got += len(echo.recv(65536))
 
             sides["raw"] = raw
-        for call in sides.values():  # warm up: imports, first connections, caches
-            for _ in range(20):
-                call()
-        samples = alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(25, 4))
+        samples = alternate(sides, rounds=plan(16, 6), per_round=plan(40, 25), budget_s=plan(25, 4), warm_up=20)
     p50 = {name: median(times) for name, times in samples.items()}
     count = len(samples["labkit"])
     results = {}

@@ -40,10 +40,7 @@ def bench_discovery(plan: Plan, keys: set) -> dict:
                     continue
 
         sides = {"known": lambda: client.get(known), "lookup": with_lookup, "failover": fail_over}
-        for call in sides.values():  # warm up: first connections, caches
-            for _ in range(20):
-                call()
-        samples = alternate(sides, rounds=plan(12, 4), per_round=plan(40, 20), budget_s=plan(20, 4))
+        samples = alternate(sides, rounds=plan(12, 4), per_round=plan(40, 20), budget_s=plan(20, 4), warm_up=20)
     p50 = {name: median(times) for name, times in samples.items()}
     count = len(samples["known"])
     if "lookup_overhead_ratio" in keys:

@@ -64,10 +64,7 @@ def bench_spawned_call(plan: Plan, keys: set) -> dict:
         client = stack.enter_context(labkit.Client("bench", trace=log))
         sides = {"thread": (lambda: client.get(threaded.url + "/hello")),
                  "process": (lambda: client.get(spawned.url + "/hello"))}
-        for call in sides.values():
-            for _ in range(20):
-                call()
-        samples = alternate(sides, rounds=plan(12, 4), per_round=plan(40, 20), budget_s=plan(20, 4))
+        samples = alternate(sides, rounds=plan(12, 4), per_round=plan(40, 20), budget_s=plan(20, 4), warm_up=20)
     p50 = {side: median(times) for side, times in samples.items()}
     return {"spawned_call_ratio_vs_thread": entry(
         "spawned_call_ratio_vs_thread", p50["process"] / p50["thread"], p50["thread"] * 1e6,
@@ -144,10 +141,7 @@ def bench_etcd_lookup(plan: Plan, keys: set) -> dict:
                         json={"id": f"inv-{i}", "url": f"http://127.0.0.1:{5000 + i}", "ttl_s": 600})
         sides = {"etcd": lambda: kv.get("/services/shop/", prefix=True),
                  "registry": lambda: client.get(registry.url + "/services/shop")}
-        for call in sides.values():
-            for _ in range(10):
-                call()
-        samples = alternate(sides, rounds=plan(10, 4), per_round=plan(30, 15), budget_s=plan(15, 4))
+        samples = alternate(sides, rounds=plan(10, 4), per_round=plan(30, 15), budget_s=plan(15, 4), warm_up=10)
     p50 = {side: median(times) for side, times in samples.items()}
     return {"etcd_lookup_ratio_vs_registry": entry(
         "etcd_lookup_ratio_vs_registry", p50["etcd"] / p50["registry"], p50["registry"] * 1e6,

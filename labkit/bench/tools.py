@@ -76,13 +76,17 @@ def timed(call) -> float:
     return time.perf_counter() - start
 
 
-def alternate(sides: dict, rounds: int, per_round: int, budget_s: float) -> dict:
+def alternate(sides: dict, rounds: int, per_round: int, budget_s: float, warm_up: int = 0) -> dict:
     """Time each side's call ``per_round`` times a round, the sides alternating.
 
+    Each side is first called ``warm_up`` times, untimed (imports, first connections, caches).
     The order of the sides flips every round, so neither always runs first.
     Stops early (after at least two rounds) when ``budget_s`` seconds are spent.
     Returns side -> list of seconds.
     """
+    for call in sides.values():
+        for _ in range(warm_up):
+            call()
     names = list(sides)
     samples = {name: [] for name in names}
     deadline = time.monotonic() + budget_s
